@@ -1,0 +1,38 @@
+# tokred developer entry points. `make compare` and `make test` each set everything up on a fresh machine
+# (a virtual environment in .venv with the CPU build of torch 2.13.0 from the machine's local wheel) and run.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.tokred-installed
+PYTEST_ARGS ?=
+
+.PHONY: setup compare test lint typecheck docs clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+compare: setup
+	$(BIN)/tokred list --options
+	$(BIN)/tokred show aim
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy tokred
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup
+	$(BIN)/mypy tokred
+
+clean:
+	rm -rf $(VENV) build dist site *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

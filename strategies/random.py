@@ -1,0 +1,102 @@
+"""Random selection: the seeded chance baseline, before the LLM or at a decoder layer.
+
+A method that does not beat random selection at the same budget has not shown that its signal matters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from pydantic import Field
+
+from tokred._components import (
+    BaseMerger,
+    BaseScheduler,
+    BaseScorer,
+    ComponentConfig,
+    MergeContext,
+    MergeResult,
+    ScoreContext,
+    Strategy,
+)
+from tokred.hookspecs import hookimpl
+from tokred.schedules.one_shot import OneShotScheduler
+
+
+class RandomScorer(BaseScorer):
+    """Uniform random scores from an explicit seed (independent of the global RNG)."""
+
+    name = "random"
+
+    class Config(ComponentConfig):
+        seed: int = Field(0, ge=0, description="Seed of the generator; the same seed gives the same scores.")
+
+    config: RandomScorer.Config
+
+    def score(self, ctx: ScoreContext) -> torch.Tensor:
+        from tokred.ops import random_scores
+
+        seed = self.config.seed if ctx.seed is None else ctx.seed
+        b, n = ctx.visual_mask.shape
+        return random_scores((b, n), seed=seed, device=ctx.visual_mask.device)
+
+
+class RandomMerger(BaseMerger):
+    """Keeps a seeded random ``keep_ratio`` share of each image's tokens, in their original order."""
+
+    name = "random"
+    stage = "pre_llm"
+
+    class Config(ComponentConfig):
+        keep_ratio: float = Field(0.5, gt=0.0, le=1.0, description="Fraction of each image's tokens kept.")
+        seed: int = Field(0, ge=0, description="Seed of the generator; the same seed keeps the same tokens.")
+
+    config: RandomMerger.Config
+
+    def output_count(self, n: int, grid: tuple[int, int] | None = None) -> int:
+        return max(1, int(self.config.keep_ratio * n))
+
+    def merge(self, x: torch.Tensor, ctx: MergeContext) -> MergeResult:
+        from tokred.ops import gather_tokens, random_keep, source_from_keep
+
+        b, n, _ = x.shape
+        keep = random_keep(n, self.output_count(n), batch=b, seed=self.config.seed)  # (B, K)
+        keep = keep.to(x.device)
+        return MergeResult(x=gather_tokens(x, keep), source=source_from_keep(keep, n))
+
+
+class RandomStrategy(Strategy):
+    """Random baseline: keep a seeded random ``keep_ratio`` of visual tokens before the LLM (``layer=0``) or from
+    decoder layer ``layer`` on."""
+
+    name = "random"
+    budget_knob = "keep_ratio"
+
+    class Config(ComponentConfig):
+        keep_ratio: float = Field(0.5, gt=0.0, le=1.0, description="Fraction of visual tokens kept.")
+        layer: int = Field(0, ge=0, description="0: select before the LLM; K >= 1: from decoder layer K on.")
+        seed: int = Field(0, ge=0, description="Seed of the generator.")
+
+    config: RandomStrategy.Config
+
+    def build(self) -> tuple[BaseMerger | None, BaseScorer | None, BaseScheduler | None]:
+        c = self.config
+        if c.layer == 0:
+            return RandomMerger(keep_ratio=c.keep_ratio, seed=c.seed), None, None
+        return None, RandomScorer(seed=c.seed), OneShotScheduler(layer=c.layer, keep_ratio=c.keep_ratio)
+
+
+@hookimpl
+def tokred_register_mergers(register: Callable[[type[BaseMerger]], None]) -> None:
+    register(RandomMerger)
+
+
+@hookimpl
+def tokred_register_scorers(register: Callable[[type[BaseScorer]], None]) -> None:
+    register(RandomScorer)
+
+
+@hookimpl
+def tokred_register_strategies(register: Callable[[type[Strategy]], None]) -> None:
+    register(RandomStrategy)

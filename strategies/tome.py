@@ -1,0 +1,81 @@
+"""ToMe: token merging inside the vision tower.
+
+Bolya et al., "Token Merging: Your ViT but Faster", ICLR 2023, arXiv:2210.09461. Implemented from the paper and
+the tokred dossier (algorithms.md §3), not from the reference code (which is CC-BY-NC).
+
+In every vision-tower layer, between attention and MLP, ``r`` tokens are merged by bipartite soft matching on the
+attention keys (averaged over heads), with size-weighted averaging and proportional attention (``log size`` added
+to the attention logits). The class token, when the tower has one, is protected. The number of image placeholder
+tokens in the prompt shrinks to match what the tower outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from pydantic import Field
+
+from tokred._components import (
+    BaseMerger,
+    BaseScheduler,
+    BaseScorer,
+    ComponentConfig,
+    MergeContext,
+    MergeResult,
+    Strategy,
+)
+from tokred.hookspecs import hookimpl
+from tokred.schedules.tome import TomeScheduler
+
+
+class TomeMerger(BaseMerger):
+    """ToMe's merge: bipartite soft matching on keys, size-weighted mean, sizes carried across layers."""
+
+    name = "tome"
+    paper = "ToMe, arXiv:2210.09461"
+    stage = "vision"
+
+    class Config(ComponentConfig):
+        r: int = Field(8, ge=0, le=4096, description="Tokens merged per vision-tower layer (average if inflected).")
+        inflect: float = Field(0.0, ge=-1.0, le=1.0, description="Slope of r across layers: -1 decreasing, 0 flat.")
+        prop_attn: bool = Field(True, description="Add log(size) to attention logits (proportional attention).")
+
+    config: TomeMerger.Config
+
+    def layer_budgets(self, num_layers: int, num_tokens: int) -> list[int] | None:
+        return TomeScheduler(r=self.config.r, inflect=self.config.inflect).budgets(num_layers, num_tokens)
+
+    def merge(self, x: torch.Tensor, ctx: MergeContext) -> MergeResult:
+        from tokred.ops import bipartite_soft_matching
+
+        n = x.shape[1]
+        r = n - ctx.target if ctx.target is not None else self.config.r
+        metric = ctx.metric if ctx.metric is not None else x
+        order = "original" if ctx.protected is not None else "score"
+        plan = bipartite_soft_matching(metric, r, protected=ctx.protected, order=order)
+        merged, size = plan.merge_weighted(x, ctx.size)
+        return MergeResult(x=merged, source=plan.source, size=size)
+
+
+class TomeStrategy(Strategy):
+    """ToMe in the vision tower: merge ``r`` tokens per layer with size-weighted averaging."""
+
+    name = "tome"
+    paper = "ToMe, arXiv:2210.09461"
+    budget_knob = "r"
+    budget_direction = -1
+    Config = TomeMerger.Config
+
+    def build(self) -> tuple[BaseMerger | None, BaseScorer | None, BaseScheduler | None]:
+        return TomeMerger(self.config), None, None
+
+
+@hookimpl
+def tokred_register_mergers(register: Callable[[type[BaseMerger]], None]) -> None:
+    register(TomeMerger)
+
+
+@hookimpl
+def tokred_register_strategies(register: Callable[[type[Strategy]], None]) -> None:
+    register(TomeStrategy)

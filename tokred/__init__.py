@@ -1,0 +1,68 @@
+"""tokred: pluggable visual-token reduction for multimodal LLMs.
+
+Example:
+    >>> import tokred
+    >>> "fastv" in tokred.list_strategies()
+    True
+    >>> tokred.create_strategy("fastv", keep_ratio=0.25).scheduler.budgets(4, 8)
+    [8, 8, 2, 2]
+"""
+
+from __future__ import annotations
+
+from tokred._api import create_component, create_strategy, get_strategy_class, list_components, list_strategies
+from tokred._components import (
+    BaseMerger,
+    BaseScheduler,
+    BaseScorer,
+    ComposedStrategy,
+    MergeContext,
+    Merger,
+    MergeResult,
+    ScoreContext,
+    Scheduler,
+    Scorer,
+    Strategy,
+    compose,
+)
+from tokred._config import ComponentConfig
+from tokred.errors import (
+    ConfigError,
+    RegistrationError,
+    TokredError,
+    UnknownNameError,
+    UnsupportedModeError,
+    UnsupportedModelError,
+)
+from tokred.hookspecs import hookimpl
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BaseMerger",
+    "BaseScheduler",
+    "BaseScorer",
+    "ComponentConfig",
+    "ComposedStrategy",
+    "ConfigError",
+    "MergeContext",
+    "MergeResult",
+    "Merger",
+    "RegistrationError",
+    "ScoreContext",
+    "Scheduler",
+    "Scorer",
+    "Strategy",
+    "TokredError",
+    "UnknownNameError",
+    "UnsupportedModeError",
+    "UnsupportedModelError",
+    "__version__",
+    "compose",
+    "create_component",
+    "create_strategy",
+    "get_strategy_class",
+    "hookimpl",
+    "list_components",
+    "list_strategies",
+]

@@ -1,0 +1,406 @@
+"""The three component roles (merger, scorer, scheduler) and their composition, the strategy.
+
+A *merger* turns V visual token features into fewer and says where each output came from; a *scorer* gives
+every token an importance (higher = keep) from what a stage makes available; a *scheduler* says how many
+reducible tokens each layer of a stack processes. A *strategy* is a named, configured composition of the three,
+and is what users name on the command line.
+
+Authors subclass the ``Base*`` classes; the ``Merger``/``Scorer``/``Scheduler`` protocols describe the contract for
+type checkers and the docs.
+
+Example:
+    >>> import tokred
+    >>> s = tokred.create_strategy("fastv", keep_ratio=0.25)
+    >>> s.scheduler.budgets(num_layers=4, num_tokens=8)
+    [8, 8, 2, 2]
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
+
+from tokred._config import ComponentConfig
+from tokred.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+Kind = Literal["merger", "scorer", "scheduler", "strategy"]
+MergeStage = Literal["vision", "pre_llm"]
+QueryRows = Literal["none", "last", "text", "all"]
+
+
+class BaseComponent:
+    """Common base of every component: a unique ``name``, a nested ``Config`` and a cited ``paper``.
+
+    Args:
+        config: A ready ``Config`` instance; mutually exclusive with keyword options.
+        **options: Options validated by the class's ``Config`` (unknown names and out-of-range values raise
+            [`ConfigError`][tokred.ConfigError]).
+    """
+
+    kind: ClassVar[Kind]
+    name: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+
+    class Config(ComponentConfig):
+        """No options."""
+
+    def __init__(self, config: ComponentConfig | None = None, **options: Any) -> None:
+        if config is not None and options:
+            raise ConfigError(f"{type(self).__name__}: pass either a Config instance or keyword options, not both")
+        if config is not None and not isinstance(config, self.Config):
+            raise ConfigError(
+                f"{type(self).__name__} expects a {self.Config.__qualname__}, got {type(config).__qualname__}"
+            )
+        self.config = config if config is not None else make_config(self.Config, options, owner=self.name)
+
+    @classmethod
+    def summary(cls) -> str:
+        """First paragraph of the class docstring, on one line."""
+        doc = inspect.getdoc(cls) or ""
+        return " ".join(doc.split("\n\n")[0].split())
+
+    def __repr__(self) -> str:
+        options = ", ".join(f"{k}={v!r}" for k, v in self.config.model_dump().items())
+        return f"{type(self).__name__}({options})"
+
+
+def make_config(config_cls: type[ComponentConfig], options: dict[str, Any], *, owner: str) -> ComponentConfig:
+    """Validate ``options`` against ``config_cls``, turning pydantic errors into one readable ``ConfigError``."""
+    from pydantic import ValidationError
+
+    try:
+        return config_cls(**options)
+    except ValidationError as err:
+        problems = []
+        valid = ", ".join(config_cls.model_fields) or "(none)"
+        for e in err.errors():
+            loc = ".".join(str(p) for p in e["loc"]) or "<config>"
+            if e["type"] == "extra_forbidden":
+                hint = _did_you_mean(loc, list(config_cls.model_fields))
+                problems.append(f"unknown option '{loc}'{hint} (valid options: {valid})")
+            else:
+                problems.append(f"option '{loc}': {e['msg']} (got {e.get('input')!r})")
+        raise ConfigError(f"invalid options for '{owner}': " + "; ".join(problems)) from None
+
+
+def _did_you_mean(name: str, choices: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+# --------------------------------------------------------------------------------------------------- mergers
+
+
+@dataclass
+class MergeContext:
+    """What a merger may use besides the features.
+
+    Attributes:
+        target: Number of tokens the merger must output, set by the pipeline when a schedule drives the merge
+            (vision-tower stage); ``None`` lets the merger use its own configured amount.
+        metric: Similarity metric, shape (B, N, C'); e.g. attention keys averaged over heads. ``None``: use x.
+        size: Number of original patches each token stands for, shape (B, N); ``None`` means all ones.
+        protected: Tokens that must pass through untouched (e.g. a class token), shape (B, N) bool.
+        grid: (rows, cols) of the visual token grid when the tokens form one, row-major.
+        layer: Index of the layer the merge runs in (vision-tower stage), else ``None``.
+        num_layers: Depth of the stack the merge runs in, else ``None``.
+    """
+
+    target: int | None = None
+    metric: torch.Tensor | None = None
+    size: torch.Tensor | None = None
+    protected: torch.Tensor | None = None
+    grid: tuple[int, int] | None = None
+    layer: int | None = None
+    num_layers: int | None = None
+
+
+@dataclass
+class MergeResult:
+    """Output of a merger.
+
+    Attributes:
+        x: Reduced tokens, shape (B, M, C).
+        source: Provenance: for each input token, the output index it went into or -1 if dropped, shape (B, N).
+        size: Patches each output stands for, shape (B, M), when the merger tracks sizes, else ``None``.
+        grid: Grid of the outputs when they still form one (e.g. after pooling), else ``None``.
+    """
+
+    x: torch.Tensor
+    source: torch.Tensor
+    size: torch.Tensor | None = None
+    grid: tuple[int, int] | None = None
+
+
+@runtime_checkable
+class Merger(Protocol):
+    """Turns V visual token features into fewer; see [`BaseMerger`][tokred.BaseMerger]."""
+
+    name: ClassVar[str]
+    stage: ClassVar[MergeStage]
+
+    def merge(self, x: torch.Tensor, ctx: MergeContext) -> MergeResult:
+        """Reduce ``x`` of shape (B, N, C)."""
+        ...
+
+
+class BaseMerger(BaseComponent):
+    """Base class for mergers: subclass it, set ``name``, ``stage`` and ``Config``, implement ``merge``.
+
+    ``stage`` says where the merger acts: ``"pre_llm"`` on the projected features of each image before they enter
+    the language model, or ``"vision"`` inside the vision tower's layers (then ``layer_budgets`` drives how many
+    tokens each tower layer keeps).
+    """
+
+    kind: ClassVar[Kind] = "merger"
+    stage: ClassVar[MergeStage] = "pre_llm"
+
+    def merge(self, x: torch.Tensor, ctx: MergeContext) -> MergeResult:
+        """Reduce tokens.
+
+        Args:
+            x: Token features, shape (B, N, C). All rows hold the same kind of input (e.g. frames of one video).
+            ctx: Metric, sizes, protected tokens, grid and target count; see [`MergeContext`][tokred.MergeContext].
+
+        Returns:
+            The reduced tokens, shape (B, M, C), and their provenance.
+        """
+        raise NotImplementedError
+
+    def output_count(self, n: int, grid: tuple[int, int] | None = None) -> int:
+        """Number of tokens ``merge`` returns for ``n`` input tokens (pre-LLM stage), without running it."""
+        raise NotImplementedError
+
+    def layer_budgets(self, num_layers: int, num_tokens: int) -> list[int] | None:
+        """Tokens entering each vision-tower layer (vision stage); ``None`` for pre-LLM mergers."""
+        return None
+
+
+# --------------------------------------------------------------------------------------------------- scorers
+
+
+@dataclass
+class ScoreContext:
+    """What a scorer may read at the stage where it runs. Fields a stage cannot supply are ``None``.
+
+    Attributes:
+        visual_mask: Which tokens are reducible visual tokens, shape (B, N) bool.
+        attention_mask: Which tokens are real (not padding), shape (B, N) bool.
+        features: Token features before the LLM, shape (B, N, C) (pre-LLM stage).
+        hidden_states: Input hidden states of the layer, shape (B, N, C) (in-LLM stage).
+        query: Post-RoPE attention queries for the rows the scorer asked for, shape (B, H, Q, D).
+        query_index: Sequence positions of those query rows, shape (B, Q).
+        key: Post-RoPE attention keys of all tokens, shape (B, H_kv, N, D).
+        scaling: Softmax scale of the attention logits (usually D ** -0.5).
+        layer: Index of the decoder layer the scores come from.
+        num_layers: Number of decoder layers.
+        seed: Seed for scorers that draw random numbers.
+    """
+
+    visual_mask: torch.Tensor
+    attention_mask: torch.Tensor | None = None
+    features: torch.Tensor | None = None
+    hidden_states: torch.Tensor | None = None
+    query: torch.Tensor | None = None
+    query_index: torch.Tensor | None = None
+    key: torch.Tensor | None = None
+    scaling: float | None = None
+    layer: int | None = None
+    num_layers: int | None = None
+    seed: int | None = None
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """Gives each token an importance (higher = keep); see [`BaseScorer`][tokred.BaseScorer]."""
+
+    name: ClassVar[str]
+    query_rows: ClassVar[QueryRows]
+
+    def score(self, ctx: ScoreContext) -> torch.Tensor:
+        """Importance of every token in ``ctx``, shape (B, N)."""
+        ...
+
+
+class BaseScorer(BaseComponent):
+    """Base class for scorers: subclass it, set ``name``, ``query_rows`` and ``Config``, implement ``score``.
+
+    ``query_rows`` tells the pipeline which attention query rows to capture at the scoring layer: ``"none"`` (the
+    scorer reads features or hidden states only), ``"last"`` (the last token), ``"text"`` (all non-visual tokens) or
+    ``"all"`` (every token; scorers must then process them in chunks to bound memory). The pipeline never asks the
+    model for ``output_attentions``.
+    """
+
+    kind: ClassVar[Kind] = "scorer"
+    query_rows: ClassVar[QueryRows] = "none"
+
+    def score(self, ctx: ScoreContext) -> torch.Tensor:
+        """Score tokens.
+
+        Args:
+            ctx: The inputs available at this stage; see [`ScoreContext`][tokred.ScoreContext].
+
+        Returns:
+            Importance of every token in the sequence, shape (B, N); only visual entries are used.
+        """
+        raise NotImplementedError
+
+
+# ------------------------------------------------------------------------------------------------ schedulers
+
+
+@runtime_checkable
+class Scheduler(Protocol):
+    """Says how many reducible tokens each layer processes; see [`BaseScheduler`][tokred.BaseScheduler]."""
+
+    name: ClassVar[str]
+
+    def budgets(self, num_layers: int, num_tokens: int) -> list[int]:
+        """Non-increasing budget per layer."""
+        ...
+
+
+class BaseScheduler(BaseComponent):
+    """Base class for schedulers: subclass it, set ``name`` and ``Config``, implement ``_budgets``.
+
+    ``budgets`` validates what ``_budgets`` returns: one entry per layer, non-increasing, within
+    ``[0, num_tokens]``. A budget is the number of reducible (visual) tokens that the layer processes; text tokens
+    are never counted and never dropped.
+    """
+
+    kind: ClassVar[Kind] = "scheduler"
+
+    def budgets(self, num_layers: int, num_tokens: int) -> list[int]:
+        """Visual tokens processed by each layer.
+
+        Args:
+            num_layers: Depth of the stack (decoder layers, or vision-tower layers).
+            num_tokens: Reducible tokens entering the first layer.
+
+        Returns:
+            ``num_layers`` non-increasing integers in ``[0, num_tokens]``.
+
+        Raises:
+            ConfigError: If the schedule cannot be applied to this depth.
+            RuntimeError: If the implementation breaks the contract (a bug in the scheduler).
+        """
+        if num_layers < 1 or num_tokens < 0:
+            raise ConfigError(f"scheduler '{self.name}': need num_layers >= 1 and num_tokens >= 0")
+        out = [int(b) for b in self._budgets(num_layers, num_tokens)]
+        check_budgets(out, num_layers, num_tokens, owner=self.name)
+        return out
+
+    def _budgets(self, num_layers: int, num_tokens: int) -> list[int]:
+        raise NotImplementedError
+
+
+def check_budgets(budgets: list[int], num_layers: int, num_tokens: int, *, owner: str) -> None:
+    """Raise ``RuntimeError`` unless ``budgets`` is a valid schedule for this stack."""
+    if len(budgets) != num_layers:
+        raise RuntimeError(f"scheduler '{owner}' returned {len(budgets)} budgets for {num_layers} layers")
+    if any(b < 0 or b > num_tokens for b in budgets):
+        raise RuntimeError(f"scheduler '{owner}' returned a budget outside [0, {num_tokens}]: {budgets}")
+    if any(b2 > b1 for b1, b2 in zip(budgets, budgets[1:])):
+        raise RuntimeError(f"scheduler '{owner}' returned an increasing schedule: {budgets}")
+
+
+# ------------------------------------------------------------------------------------------------ strategies
+
+
+class Strategy(BaseComponent):
+    """A named, configured composition of a merger, a scorer and a scheduler (any may be absent).
+
+    Subclasses set ``name``, ``Config``, ``budget_knob`` and implement ``build``. ``budget_knob`` names the one
+    float option (higher = more tokens kept) that ``tokred compare --match`` searches to equalise budgets across
+    strategies. The pipeline uses the components as follows:
+
+    * ``merger`` with ``stage="vision"``: merging inside the vision tower, per ``merger.layer_budgets``;
+    * ``merger`` with ``stage="pre_llm"``: reduces each image's projected features before the LLM;
+    * ``scorer`` + ``scheduler``: in-LLM dropping; at every layer whose budget is lower than the previous one the
+      scorer ranks the visual tokens and only the top ones go on (layer 0 is never pruned).
+    """
+
+    kind: ClassVar[Kind] = "strategy"
+    budget_knob: ClassVar[str | None] = None
+    budget_direction: ClassVar[int] = 1  # +1: a larger knob keeps more tokens; -1: fewer (e.g. ToMe's r)
+
+    def __init__(self, config: ComponentConfig | None = None, **options: Any) -> None:
+        super().__init__(config, **options)
+        merger, scorer, scheduler = self.build()
+        self.merger: BaseMerger | None = merger
+        self.scorer: BaseScorer | None = scorer
+        self.scheduler: BaseScheduler | None = scheduler
+        if (scorer is None) != (scheduler is None):
+            raise ConfigError(f"strategy '{self.name}': a scorer needs a scheduler and vice versa")
+
+    def build(self) -> tuple[BaseMerger | None, BaseScorer | None, BaseScheduler | None]:
+        """Create the components from ``self.config``; the default is no reduction at all."""
+        return None, None, None
+
+    @property
+    def components(self) -> dict[str, BaseComponent | None]:
+        """The strategy's components by role."""
+        return {"merger": self.merger, "scorer": self.scorer, "scheduler": self.scheduler}
+
+    @property
+    def prune_mode(self) -> str:
+        """How in-LLM pruning is realised: ``"drop"`` (real dropping, default) or ``"mask"`` (parity studies)."""
+        return str(getattr(self.config, "mode", "drop"))
+
+    def with_budget(self, value: float) -> Strategy:
+        """A copy of this strategy with its budget knob set to ``value``."""
+        if self.budget_knob is None:
+            raise ConfigError(f"strategy '{self.name}' has no budget knob to set")
+        options = self.config.model_dump()
+        options[self.budget_knob] = value
+        return type(self)(**options)
+
+
+class ComposedStrategy(Strategy):
+    """An ad-hoc strategy assembled from component instances with [`compose`][tokred.compose]."""
+
+    name: ClassVar[str] = "composed"
+
+    def __init__(
+        self,
+        merger: BaseMerger | None = None,
+        scorer: BaseScorer | None = None,
+        scheduler: BaseScheduler | None = None,
+        *,
+        label: str = "composed",
+    ) -> None:
+        self._parts = (merger, scorer, scheduler)
+        self.label = label
+        super().__init__()
+
+    def build(self) -> tuple[BaseMerger | None, BaseScorer | None, BaseScheduler | None]:
+        return self._parts
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{k}={v!r}" for k, v in self.components.items() if v is not None)
+        return f"ComposedStrategy({self.label!r}, {parts})"
+
+
+def compose(
+    *,
+    merger: BaseMerger | None = None,
+    scorer: BaseScorer | None = None,
+    scheduler: BaseScheduler | None = None,
+    label: str = "composed",
+) -> Strategy:
+    """Compose component instances into a strategy without registering a class.
+
+    Example:
+        >>> import tokred
+        >>> s = tokred.compose(scorer=tokred.create_component("scorer", "random", seed=1),
+        ...                    scheduler=tokred.create_component("scheduler", "one-shot", layer=2, keep_ratio=0.5))
+        >>> s.scheduler.budgets(4, 10)
+        [10, 10, 5, 5]
+    """
+    return ComposedStrategy(merger, scorer, scheduler, label=label)

@@ -1,0 +1,325 @@
+"""One dataset interface for evaluation: the built-in ``shapes`` benchmark and user JSONL files.
+
+A user JSONL file holds one object per line::
+
+    {"image": "imgs/0001.png", "question": "What colour is the car?", "answers": ["red"]}
+
+``image`` is relative to the JSONL file (absolute paths work too). Optional keys: ``id`` and ``qtype``. Bad
+lines do not stop loading: each is recorded in :attr:`JsonlDataset.errors` with its line number and what is
+wrong, and :func:`load_dataset` with ``strict=True`` raises instead.
+
+Scoring is exact match after normalisation (:func:`normalize_answer`): lowercase, punctuation and articles
+removed, number words mapped to digits, whitespace collapsed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from PIL import Image
+
+from tokred.eval import shapes
+
+__all__ = [
+    "Dataset",
+    "DatasetError",
+    "JsonlDataset",
+    "LineError",
+    "Sample",
+    "ShapesDataset",
+    "exact_match",
+    "load_dataset",
+    "normalize_answer",
+]
+
+
+@dataclass
+class Sample:
+    """One visual question.
+
+    Attributes:
+        image: The image.
+        question: The question text.
+        answers: Accepted answers (any one, after normalisation, counts as correct).
+        qtype: Question type (``"colour"``, ... for ``shapes``; ``"default"`` when a JSONL line has none).
+        id: Stable identifier.
+    """
+
+    image: Image.Image
+    question: str
+    answers: list[str]
+    qtype: str
+    id: str
+
+
+@runtime_checkable
+class Dataset(Protocol):
+    """What evaluation needs: a name, a length, indexing and iteration over :class:`Sample`."""
+
+    name: str
+
+    def __len__(self) -> int:
+        """Number of samples."""
+        ...
+
+    def __getitem__(self, i: int) -> Sample:
+        """Sample ``i``."""
+        ...
+
+    def __iter__(self) -> Iterator[Sample]:
+        """Iterate over the samples in order."""
+        ...
+
+
+class DatasetError(ValueError):
+    """A dataset cannot be loaded (unknown name, missing file, or bad lines with ``strict=True``)."""
+
+
+@dataclass(frozen=True)
+class LineError:
+    """A JSONL line that could not be loaded.
+
+    Attributes:
+        line: 1-based line number.
+        message: What is wrong.
+    """
+
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.message}"
+
+
+class ShapesDataset:
+    """A split of the built-in ``shapes`` benchmark (images are rendered on access).
+
+    Args:
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        limit: Keep only the first ``limit`` items.
+        seed: Benchmark seed.
+    """
+
+    def __init__(self, split: str = "test", limit: int | None = None, seed: int = shapes.DEFAULT_SEED) -> None:
+        start, count = shapes.split_items(split, seed)
+        self.name = f"shapes:{split}"
+        self.split = split
+        self.seed = seed
+        self.start = start
+        self.count = count if limit is None else max(0, min(limit, count))
+
+    def __len__(self) -> int:
+        """Number of samples."""
+        return self.count
+
+    def item(self, i: int) -> tuple[shapes.Scene, shapes.ShapesQuestion]:
+        """The scene and question of sample ``i``.
+
+        Args:
+            i: Sample position in this dataset.
+
+        Returns:
+            ``(scene, question)``.
+        """
+        if not 0 <= i < self.count:
+            raise IndexError(i)
+        return shapes.item(self.start + i, self.seed)
+
+    def __getitem__(self, i: int) -> Sample:
+        """Sample ``i``."""
+        scene, q = self.item(i)
+        return Sample(shapes.render(scene), q.question, [q.answer], q.qtype, f"shapes-{self.start + i}")
+
+    def __iter__(self) -> Iterator[Sample]:
+        """Iterate over the samples in order."""
+        for i in range(self.count):
+            yield self[i]
+
+    def questions(self) -> list[shapes.ShapesQuestion]:
+        """All questions (without rendering images)."""
+        return [self.item(i)[1] for i in range(self.count)]
+
+    def chance_levels(self) -> dict[str, dict[str, float]]:
+        """Chance levels per question type on this split (see :func:`tokred.eval.shapes.chance_levels`)."""
+        return shapes.chance_levels(self.questions())
+
+
+@dataclass
+class _JsonlRecord:
+    image: Path
+    question: str
+    answers: list[str]
+    qtype: str
+    id: str
+
+
+class JsonlDataset:
+    """A user JSONL file of ``{"image", "question", "answers"}`` records.
+
+    Args:
+        path: The JSONL file.
+        limit: Keep only the first ``limit`` good records.
+
+    Attributes:
+        errors: One :class:`LineError` per line that could not be loaded (good lines still load).
+    """
+
+    def __init__(self, path: str | Path, limit: int | None = None) -> None:
+        self.path = Path(path)
+        self.name = self.path.name
+        self.errors: list[LineError] = []
+        self.records: list[_JsonlRecord] = []
+        if not self.path.is_file():
+            raise DatasetError(f"dataset file not found: {self.path}")
+        base = self.path.parent
+        with self.path.open(encoding="utf-8") as fh:
+            for lineno, raw in enumerate(fh, start=1):
+                if limit is not None and len(self.records) >= limit:
+                    break
+                if not raw.strip():
+                    continue
+                rec = self._parse(raw, lineno, base)
+                if isinstance(rec, LineError):
+                    self.errors.append(rec)
+                else:
+                    self.records.append(rec)
+
+    @staticmethod
+    def _parse(raw: str, lineno: int, base: Path) -> _JsonlRecord | LineError:
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as e:
+            return LineError(lineno, f"invalid JSON ({e.msg} at column {e.colno})")
+        if not isinstance(obj, dict):
+            return LineError(lineno, f"expected a JSON object, got {type(obj).__name__}")
+        missing = [k for k in ("image", "question", "answers") if k not in obj]
+        if missing:
+            return LineError(lineno, f"missing key(s): {', '.join(missing)}")
+        image, question, answers = obj["image"], obj["question"], obj["answers"]
+        if not isinstance(image, str) or not image:
+            return LineError(lineno, "'image' must be a non-empty string (a path relative to the JSONL file)")
+        if not isinstance(question, str) or not question.strip():
+            return LineError(lineno, "'question' must be a non-empty string")
+        if isinstance(answers, str):
+            answers = [answers]
+        if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
+            return LineError(lineno, "'answers' must be a non-empty list of strings")
+        img_path = Path(image)
+        if not img_path.is_absolute():
+            img_path = base / img_path
+        if not img_path.is_file():
+            return LineError(lineno, f"image file not found: {img_path}")
+        qtype = obj.get("qtype", "default")
+        rid = obj.get("id", f"line-{lineno}")
+        return _JsonlRecord(img_path, question, list(answers), str(qtype), str(rid))
+
+    def __len__(self) -> int:
+        """Number of good records."""
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> Sample:
+        """Sample ``i`` (the image is opened and converted to RGB)."""
+        r = self.records[i]
+        with Image.open(r.image) as im:
+            img = im.convert("RGB")
+        return Sample(img, r.question, list(r.answers), r.qtype, r.id)
+
+    def __iter__(self) -> Iterator[Sample]:
+        """Iterate over the good records in order."""
+        for i in range(len(self)):
+            yield self[i]
+
+
+def load_dataset(
+    name_or_path: str | Path, split: str = "test", limit: int | None = None, *, strict: bool = False
+) -> ShapesDataset | JsonlDataset:
+    """Load the built-in ``shapes`` benchmark or a user JSONL file.
+
+    Args:
+        name_or_path: ``"shapes"`` (optionally ``"shapes:val"``) or the path of a ``.jsonl`` file.
+        split: Split of ``shapes`` (ignored for JSONL files).
+        limit: Keep only the first ``limit`` samples.
+        strict: For JSONL, raise :class:`DatasetError` listing the bad lines instead of skipping them.
+
+    Returns:
+        The dataset.
+
+    Raises:
+        DatasetError: Unknown name, missing file, or (``strict``) bad lines.
+    """
+    name = str(name_or_path)
+    if name == "shapes" or name.startswith("shapes:"):
+        if ":" in name:
+            split = name.split(":", 1)[1]
+        try:
+            return ShapesDataset(split=split, limit=limit)
+        except ValueError as e:
+            raise DatasetError(str(e)) from e
+    path = Path(name)
+    if not path.exists():
+        raise DatasetError(f"unknown dataset {name!r}: not a built-in name (available: shapes) and no such file")
+    ds = JsonlDataset(path, limit=limit)
+    if strict and ds.errors:
+        detail = "; ".join(str(e) for e in ds.errors[:20])
+        more = f" (and {len(ds.errors) - 20} more)" if len(ds.errors) > 20 else ""
+        raise DatasetError(f"{path}: {len(ds.errors)} bad line(s): {detail}{more}")
+    return ds
+
+
+_NUMBERS = {
+    "zero": "0",
+    "one": "1",
+    "two": "2",
+    "three": "3",
+    "four": "4",
+    "five": "5",
+    "six": "6",
+    "seven": "7",
+    "eight": "8",
+    "nine": "9",
+    "ten": "10",
+    "eleven": "11",
+    "twelve": "12",
+    "none": "0",
+}
+_ARTICLES = {"a", "an", "the"}
+_PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
+
+
+def normalize_answer(text: str) -> str:
+    """Normalise an answer for exact match.
+
+    Lowercases, replaces punctuation by spaces (a decimal point between digits is kept), drops the articles
+    "a", "an", "the", maps number words (zero-twelve, "none") to digits and collapses whitespace.
+
+    Args:
+        text: Raw answer.
+
+    Returns:
+        The normalised answer.
+    """
+    t = text.lower().strip()
+    t = re.sub(r"(?<=\d)\.(?=\d)", "\x00", t)
+    t = _PUNCT.sub(" ", t).replace("\x00", ".")
+    words = [_NUMBERS.get(w, w) for w in t.split() if w not in _ARTICLES]
+    return " ".join(words)
+
+
+def exact_match(prediction: str, answers: Sequence[str]) -> bool:
+    """Whether ``prediction`` equals any of ``answers`` after :func:`normalize_answer`.
+
+    Args:
+        prediction: The model's answer.
+        answers: Accepted answers.
+
+    Returns:
+        ``True`` on a match.
+    """
+    p = normalize_answer(prediction)
+    return any(p == normalize_answer(a) for a in answers)

@@ -1,0 +1,155 @@
+"""Attention-derived token scores computed from queries and keys, never from ``output_attentions``.
+
+These functions compute softmax rows only for the queries that a scorer needs (FastV: the last token), or walk
+all queries in bounded-memory chunks (AIM's PageRank), so that the model itself can keep running its stock SDPA.
+
+Example:
+    >>> import torch
+    >>> q, k = torch.randn(1, 2, 1, 4), torch.randn(1, 2, 6, 4)
+    >>> attention_rows(q, k, scaling=0.5, query_index=torch.tensor([[5]])).shape
+    torch.Size([1, 2, 1, 6])
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def expand_kv_heads(key: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Repeat grouped-query key heads so that there is one per query head.
+
+    Args:
+        key: Keys, shape (B, H_kv, N, D) with ``num_heads % H_kv == 0``.
+        num_heads: Number of query heads H.
+
+    Returns:
+        Keys of shape (B, H, N, D) (a view when no repetition is needed).
+    """
+    b, h_kv, n, d = key.shape
+    if h_kv == num_heads:
+        return key
+    if num_heads % h_kv:
+        raise ValueError(f"{num_heads} query heads cannot share {h_kv} key heads evenly")
+    return key[:, :, None].expand(b, h_kv, num_heads // h_kv, n, d).reshape(b, num_heads, n, d)
+
+
+def _logit_mask(
+    query_index: torch.Tensor, n_keys: int, key_mask: torch.Tensor | None, causal: bool
+) -> torch.Tensor:
+    """Allowed (query, key) pairs, shape (B, 1, Q, N) bool."""
+    keys = torch.arange(n_keys, device=query_index.device)  # (N,)
+    allowed = keys[None, None, :] <= query_index[:, :, None] if causal else torch.ones(
+        *query_index.shape, n_keys, dtype=torch.bool, device=query_index.device
+    )  # (B, Q, N)
+    if key_mask is not None:
+        allowed = allowed & key_mask[:, None, :].bool()
+    return allowed[:, None]
+
+
+def attention_logits(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    *,
+    scaling: float,
+    query_index: torch.Tensor,
+    key_mask: torch.Tensor | None = None,
+    causal: bool = True,
+) -> torch.Tensor:
+    """Masked attention logits for some query rows, in float32 (masked entries are ``-inf``).
+
+    Args:
+        query: Queries, shape (B, H, Q, D).
+        key: Keys, shape (B, H_kv, N, D).
+        scaling: Logit scale, usually ``D ** -0.5``.
+        query_index: Sequence position of every query row, shape (B, Q); with ``causal`` a query sees keys up to
+            and including its own position.
+        key_mask: Which keys are real tokens (not padding), shape (B, N) bool.
+        causal: Apply the causal rule.
+
+    Returns:
+        Logits of shape (B, H, Q, N).
+    """
+    k = expand_kv_heads(key, query.shape[1]).float()  # (B, H, N, D)
+    logits = torch.matmul(query.float(), k.transpose(-1, -2)) * scaling  # (B, H, Q, N)
+    allowed = _logit_mask(query_index, key.shape[2], key_mask, causal)  # (B, 1, Q, N)
+    return logits.masked_fill(~allowed, float("-inf"))
+
+
+def attention_rows(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    *,
+    scaling: float,
+    query_index: torch.Tensor,
+    key_mask: torch.Tensor | None = None,
+    causal: bool = True,
+) -> torch.Tensor:
+    """Attention probabilities of some query rows (what eager attention would return for them).
+
+    Args:
+        query: Queries, shape (B, H, Q, D).
+        key: Keys, shape (B, H_kv, N, D).
+        scaling: Logit scale.
+        query_index: Sequence position of every query row, shape (B, Q).
+        key_mask: Which keys are real tokens, shape (B, N) bool.
+        causal: Apply the causal rule.
+
+    Returns:
+        Row-stochastic probabilities, shape (B, H, Q, N), float32.
+    """
+    logits = attention_logits(query, key, scaling=scaling, query_index=query_index, key_mask=key_mask, causal=causal)
+    return torch.softmax(logits, dim=-1)  # (B, H, Q, N)
+
+
+@torch.no_grad()
+def pagerank_importance(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    *,
+    scaling: float,
+    key_mask: torch.Tensor | None = None,
+    temperature: float = 0.1,
+    iterations: int = 5,
+    chunk_size: int = 1024,
+) -> torch.Tensor:
+    """AIM's multi-modal importance: PageRank over the sharpened attention matrix, RMS over heads.
+
+    ``M_h = softmax((Q_h K_h^T * scaling + mask) / temperature)``, ``pi_h = 1/N`` then ``pi_h <- pi_h M_h``
+    ``iterations`` times, and ``s = sqrt(mean_h pi_h ** 2)`` (AIM, arXiv:2412.03248 §3.3). Memory stays bounded:
+    one head's N x N matrix at a time, filled in chunks of ``chunk_size`` query rows, instead of AIM's H x N x N.
+
+    Args:
+        query: Queries of every token, shape (B, H, N, D).
+        key: Keys of every token, shape (B, H_kv, N, D).
+        scaling: Logit scale.
+        key_mask: Which tokens are real (padding neither attends nor is attended), shape (B, N) bool.
+        temperature: Softmax temperature tau.
+        iterations: Power iterations.
+        chunk_size: Query rows per chunk while building a head's matrix.
+
+    Returns:
+        Importance of every token, shape (B, N), float32; padding tokens score 0.
+    """
+    b, h, n, _ = query.shape
+    k = expand_kv_heads(key, h)  # (B, H, N, D)
+    valid = torch.ones(b, n, dtype=torch.bool, device=query.device) if key_mask is None else key_mask.bool()
+    count = valid.sum(-1, keepdim=True).clamp_min(1).float()  # (B, 1)
+    start = valid.float() / count  # (B, N) uniform over real tokens
+    sq_sum = torch.zeros(b, n, dtype=torch.float32, device=query.device)
+    rows = torch.arange(n, device=query.device).expand(b, n)  # (B, N)
+    for head in range(h):
+        m = torch.empty(b, n, n, dtype=torch.float32, device=query.device)  # one head's matrix
+        for lo in range(0, n, chunk_size):
+            hi = min(n, lo + chunk_size)
+            logits = attention_logits(
+                query[:, head : head + 1, lo:hi], k[:, head : head + 1], scaling=scaling,
+                query_index=rows[:, lo:hi], key_mask=valid,
+            )[:, 0]  # (B, c, N)
+            probs = torch.softmax(logits / temperature, dim=-1)
+            m[:, lo:hi] = torch.nan_to_num(probs, nan=0.0) * valid[:, lo:hi, None]  # padded rows give nothing
+        pi = start.clone()
+        for _ in range(iterations):
+            pi = torch.bmm(pi[:, None, :], m)[:, 0]  # (B, N)
+        sq_sum += pi.square()
+        del m
+    return (sq_sum / h).sqrt()  # (B, N)
