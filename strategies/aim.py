@@ -22,6 +22,7 @@ from typing import Literal
 
 import torch
 from pydantic import Field
+from tokred.schedules.linear import LinearScheduler, default_l1_l2
 
 from tokred._components import (
     BaseMerger,
@@ -36,7 +37,6 @@ from tokred._components import (
 from tokred.errors import ConfigError
 from tokred.hookspecs import hookimpl
 from tokred.ops.attention import pagerank_importance
-from tokred.schedules.linear import LinearScheduler, default_l1_l2
 
 
 def merge_rounds(n: int, keep_ratio: float) -> list[int]:
@@ -100,8 +100,13 @@ class PageRankScorer(BaseScorer):
         if ctx.query is None or ctx.key is None or ctx.scaling is None:
             raise ConfigError("scorer 'aim' needs all query rows and the keys of the scoring layer")
         return pagerank_importance(
-            ctx.query, ctx.key, scaling=ctx.scaling, key_mask=ctx.attention_mask,
-            temperature=self.config.temperature, iterations=self.config.iterations, chunk_size=self.config.chunk_size,
+            ctx.query,
+            ctx.key,
+            scaling=ctx.scaling,
+            key_mask=ctx.attention_mask,
+            temperature=self.config.temperature,
+            iterations=self.config.iterations,
+            chunk_size=self.config.chunk_size,
         )
 
 
@@ -178,7 +183,9 @@ class AimStrategy(Strategy):
     budget_knob = "keep_ratio"
 
     class Config(_PruneOptions):
-        keep_ratio: float = Field(0.25, gt=0.0, le=1.0, description="Fraction of tokens per image/frame kept by merging.")
+        keep_ratio: float = Field(
+            0.25, gt=0.0, le=1.0, description="Fraction of tokens per image/frame kept by merging."
+        )
         order: Literal["score", "original"] = Field("score", description="Order of unmerged tokens after merging.")
 
     config: AimStrategy.Config

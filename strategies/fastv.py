@@ -16,12 +16,12 @@ from collections.abc import Callable
 
 import torch
 from pydantic import Field
+from tokred.schedules.one_shot import OneShotScheduler
 
 from tokred._components import BaseMerger, BaseScheduler, BaseScorer, ComponentConfig, ScoreContext, Strategy
 from tokred.errors import ConfigError
 from tokred.hookspecs import hookimpl
 from tokred.ops.attention import attention_rows
-from tokred.schedules.one_shot import OneShotScheduler
 
 
 class LastTokenAttentionScorer(BaseScorer):
@@ -35,7 +35,10 @@ class LastTokenAttentionScorer(BaseScorer):
         if ctx.query is None or ctx.key is None or ctx.query_index is None or ctx.scaling is None:
             raise ConfigError("scorer 'fastv' needs the last query row and the keys of the scoring layer")
         probs = attention_rows(
-            ctx.query[:, :, -1:], ctx.key, scaling=ctx.scaling, query_index=ctx.query_index[:, -1:],
+            ctx.query[:, :, -1:],
+            ctx.key,
+            scaling=ctx.scaling,
+            query_index=ctx.query_index[:, -1:],
             key_mask=ctx.attention_mask,
         )  # (B, H, 1, N)
         return probs.mean(dim=1)[:, 0]  # (B, N)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import torch
 from pydantic import Field
+from tokred.schedules.one_shot import OneShotScheduler
 
 from tokred._components import (
     BaseMerger,
@@ -21,11 +22,14 @@ from tokred._components import (
     Strategy,
 )
 from tokred.hookspecs import hookimpl
-from tokred.schedules.one_shot import OneShotScheduler
 
 
 class RandomScorer(BaseScorer):
-    """Uniform random scores from an explicit seed (independent of the global RNG)."""
+    """Uniform random scores from an explicit seed (independent of the global RNG).
+
+    The j-th visual token of every sample gets the j-th number of one seeded sequence, so scores do not depend on
+    padding, text length or the other samples of a batch (a padded batch equals its single runs).
+    """
 
     name = "random"
 
@@ -38,12 +42,18 @@ class RandomScorer(BaseScorer):
         from tokred.ops import random_scores
 
         seed = self.config.seed if ctx.seed is None else ctx.seed
-        b, n = ctx.visual_mask.shape
-        return random_scores((b, n), seed=seed, device=ctx.visual_mask.device)
+        visual = ctx.visual_mask.bool()  # (B, N)
+        longest = max(1, int(visual.sum(-1).max()))
+        draws = random_scores((1, longest), seed=seed, device=visual.device)[0]  # (V_max,)
+        rank = (visual.cumsum(-1) - 1).clamp_min(0)  # (B, N) index among the sample's visual tokens
+        return draws[rank] * visual  # (B, N), 0 on text
 
 
 class RandomMerger(BaseMerger):
-    """Keeps a seeded random ``keep_ratio`` share of each image's tokens, in their original order."""
+    """Keeps a seeded random ``keep_ratio`` share of each image's tokens, in their original order.
+
+    Every image of a batch keeps the same positions (one seeded draw), so results do not depend on batching.
+    """
 
     name = "random"
     stage = "pre_llm"
@@ -61,7 +71,7 @@ class RandomMerger(BaseMerger):
         from tokred.ops import gather_tokens, random_keep, source_from_keep
 
         b, n, _ = x.shape
-        keep = random_keep(n, self.output_count(n), batch=b, seed=self.config.seed)  # (B, K)
+        keep = random_keep(n, self.output_count(n), batch=1, seed=self.config.seed).expand(b, -1)  # (B, K)
         keep = keep.to(x.device)
         return MergeResult(x=gather_tokens(x, keep), source=source_from_keep(keep, n))
 

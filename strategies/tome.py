@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import torch
 from pydantic import Field
+from tokred.schedules.tome import TomeScheduler
 
 from tokred._components import (
     BaseMerger,
@@ -26,7 +27,6 @@ from tokred._components import (
     Strategy,
 )
 from tokred.hookspecs import hookimpl
-from tokred.schedules.tome import TomeScheduler
 
 
 class TomeMerger(BaseMerger):

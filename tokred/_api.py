@@ -78,4 +78,4 @@ def create_component(kind: str, name: str, **options: Any) -> BaseComponent:
         [8, 8, 7, 6, 5, 4, 3, 2, 1, 0, 0, 0]
     """
     cls = get_registries().by_kind(kind).get(name)
-    return cls(**options)  # type: ignore[no-any-return]
+    return cls(**options)

@@ -59,7 +59,8 @@ class Registries:
             raise UnknownNameError(
                 f"Unknown component kind '{kind}'. Available: mergers, scorers, schedulers, strategies, adapters"
             )
-        return getattr(self, key)  # type: ignore[no-any-return]
+        registry: Registry[Any] = getattr(self, key)
+        return registry
 
 
 _manager: pluggy.PluginManager | None = None
@@ -70,11 +71,11 @@ def _env_true(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in _TRUE
 
 
-def _trace(hook_name: str, hook_impls: Any, kwargs: dict[str, Any]) -> None:
+def _trace(hook_name: str, hook_impls: Any, kwargs: Any) -> None:
     print(f"[tokred] hook {hook_name}: {[impl.plugin_name for impl in hook_impls]}", file=sys.stderr)
 
 
-def _trace_after(outcome: Any, hook_name: str, hook_impls: Any, kwargs: dict[str, Any]) -> None:
+def _trace_after(outcome: Any, hook_name: str, hook_impls: Any, kwargs: Any) -> None:
     print(f"[tokred] hook {hook_name} -> {outcome.get_result()!r}", file=sys.stderr)
 
 

@@ -18,8 +18,9 @@ Two conventions for the LLM decoder:
         softmax     = 5H·q·k                              # max, sub, exp, sum, div
         elementwise = 18q·d                               # 2 RMSNorms (7qd each), 2 residual adds, SiLU·mul (2qd)
 
-    The elementwise term is what LLM-Viewer also charges (it is < 0.02 % of the total at AIM's settings, but it
-    makes the reproduction exact: 99.63 TB and 14.76 TB for LLaVA-OneVision-7B, see ``tests/unit/test_flops.py``).
+    The elementwise term is what LLM-Viewer also charges (its activation is charged on ``d`` elements, not ``m``).
+    It is < 0.02 % of the total at AIM's settings but makes the reproduction exact to AIM's two decimals: 99.63 TB
+    and 14.76 TB for LLaVA-OneVision-7B (``tests/unit/test_flops.py``); without it 99.62 and 14.75.
     Attention is charged on the full ``q×k`` score matrix (no causal halving), as LLM-Viewer and AIM do.
 
 ``"fastv"``

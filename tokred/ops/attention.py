@@ -33,13 +33,13 @@ def expand_kv_heads(key: torch.Tensor, num_heads: int) -> torch.Tensor:
     return key[:, :, None].expand(b, h_kv, num_heads // h_kv, n, d).reshape(b, num_heads, n, d)
 
 
-def _logit_mask(
-    query_index: torch.Tensor, n_keys: int, key_mask: torch.Tensor | None, causal: bool
-) -> torch.Tensor:
+def _logit_mask(query_index: torch.Tensor, n_keys: int, key_mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
     """Allowed (query, key) pairs, shape (B, 1, Q, N) bool."""
     keys = torch.arange(n_keys, device=query_index.device)  # (N,)
-    allowed = keys[None, None, :] <= query_index[:, :, None] if causal else torch.ones(
-        *query_index.shape, n_keys, dtype=torch.bool, device=query_index.device
+    allowed = (
+        keys[None, None, :] <= query_index[:, :, None]
+        if causal
+        else torch.ones(*query_index.shape, n_keys, dtype=torch.bool, device=query_index.device)
     )  # (B, Q, N)
     if key_mask is not None:
         allowed = allowed & key_mask[:, None, :].bool()
@@ -142,8 +142,11 @@ def pagerank_importance(
         for lo in range(0, n, chunk_size):
             hi = min(n, lo + chunk_size)
             logits = attention_logits(
-                query[:, head : head + 1, lo:hi], k[:, head : head + 1], scaling=scaling,
-                query_index=rows[:, lo:hi], key_mask=valid,
+                query[:, head : head + 1, lo:hi],
+                k[:, head : head + 1],
+                scaling=scaling,
+                query_index=rows[:, lo:hi],
+                key_mask=valid,
             )[:, 0]  # (B, c, N)
             probs = torch.softmax(logits / temperature, dim=-1)
             m[:, lo:hi] = torch.nan_to_num(probs, nan=0.0) * valid[:, lo:hi, None]  # padded rows give nothing

@@ -1,0 +1,5 @@
+"""Run the command line with ``python -m tokred.cli``."""
+
+from tokred.cli import main
+
+main()
