@@ -1,0 +1,205 @@
+"""The generic model adapter: one class for every model that follows the common transformers 5.x contract.
+
+The contract (transformers 5.18 to 5.23, checked structurally at patch time): the model's base model has
+``get_image_features`` returning a ``BaseModelOutputWithPooling`` whose ``pooler_output`` holds the projected features
+of each image; the features fill the ``image_token_id`` placeholders of ``input_ids`` in order; ``forward`` accepts
+``mm_encoder_outputs``; ``get_decoder()`` returns a standard decoder with ``layers`` (each with ``self_attn``), a
+rotary embedding and 1-D positions folded into cos/sin before the layers. Family adapters
+(`tokred.adapters.families`) override only what differs.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+
+from tokred.errors import UnsupportedModelError
+
+
+def _config_get(config: Any, *names: str) -> Any:
+    for name in names:
+        value = getattr(config, name, None)
+        if value is not None:
+            return value
+    return None
+
+
+class ModelAdapter:
+    """Generic adapter; subclasses override what their family does differently.
+
+    Args:
+        model: A transformers ``...ForConditionalGeneration`` (or base) model.
+
+    Raises:
+        UnsupportedModelError: If the model breaks the generic contract (the message says which part).
+    """
+
+    name: ClassVar[str] = "generic"
+    families: ClassVar[str] = "LLaVA-1.5, InternVL, Idefics3, SmolVLM and other models following the generic contract"
+    #: Model types known to work through this adapter (for messages and docs; matching is structural).
+    model_types: ClassVar[tuple[str, ...]] = ("llava", "internvl", "idefics3", "smolvlm")
+    #: True when the family adapter handles bidirectional attention inside image spans (materialised masks).
+    handles_bidirectional: ClassVar[bool] = False
+    #: True when the adapter recomputes M-RoPE positions after a pre-LLM reduction.
+    recomputes_mrope: ClassVar[bool] = False
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.base = self._base_model(model)
+        self.decoder = model.get_decoder()
+        self.config = model.config
+        self.text_config = model.config.get_text_config()
+        self.check_structure()
+
+    # ----------------------------------------------------------------------------------------- matching
+
+    @classmethod
+    def matches(cls, model: Any) -> bool:
+        """Whether this adapter should handle ``model`` (the generic one: the structural contract holds)."""
+        base = cls._base_model(model)
+        return (
+            callable(getattr(base, "get_image_features", None))
+            and callable(getattr(model, "get_decoder", None))
+            and _config_get(model.config, "image_token_id", "image_token_index") is not None
+        )
+
+    @staticmethod
+    def _base_model(model: Any) -> Any:
+        base = getattr(model, "model", None)
+        return base if base is not None and hasattr(base, "get_image_features") else model
+
+    # ------------------------------------------------------------------------------------- structure
+
+    def check_structure(self) -> None:
+        """Raise ``UnsupportedModelError`` unless the generic contract holds."""
+        problems = []
+        layers = getattr(self.decoder, "layers", None)
+        if not isinstance(layers, torch.nn.ModuleList) or len(layers) == 0:
+            problems.append("its decoder has no 'layers' ModuleList")
+        elif not all(hasattr(layer, "self_attn") for layer in layers):
+            problems.append("its decoder layers have no 'self_attn' module")
+        if getattr(self.decoder, "rotary_emb", None) is None:
+            problems.append("its decoder has no rotary embedding ('rotary_emb')")
+        if "mm_encoder_outputs" not in inspect.signature(self.base.forward).parameters:
+            problems.append("its forward does not accept 'mm_encoder_outputs' (transformers >= 5.18 is required)")
+        if problems:
+            raise UnsupportedModelError(
+                f"{type(self.model).__name__} does not follow the generic multimodal contract: {'; '.join(problems)}"
+            )
+
+    def refusals(self, *, pre_llm: bool, in_llm: bool) -> list[str]:
+        """Reasons why the requested stages cannot be applied correctly to this model (empty: all fine)."""
+        reasons = []
+        lm_params = inspect.signature(self.decoder.forward).parameters
+        if any("deepstack" in p or p == "visual_pos_masks" for p in lm_params):
+            reasons.append(
+                "visual features are added inside the LLM at several layers (DeepStack-style); dropping or merging "
+                "visual tokens would misalign them"
+            )
+        if any(hasattr(self.decoder, a) for a in ("embed_tokens_per_layer", "per_layer_model_projection")):
+            reasons.append("the decoder uses per-layer input embeddings, which tokred does not gather")
+        layer_types = list(getattr(self.text_config, "layer_types", None) or [])
+        odd = sorted({t for t in layer_types if t not in ("full_attention", "sliding_attention")})
+        if odd:
+            reasons.append(f"the decoder has recurrent/convolution layers ({', '.join(odd)}) whose state is not a KV cache")
+        if (in_llm or pre_llm) and self.bidirectional_image_attention() and not self.handles_bidirectional:
+            reasons.append("image tokens attend bidirectionally within their span and no family adapter handles it")
+        if pre_llm and self.uses_mrope() and not self.recomputes_mrope:
+            reasons.append("it uses M-RoPE positions, which a pre-LLM reduction changes and no family adapter recomputes")
+        return reasons
+
+    def uses_mrope(self) -> bool:
+        """Whether the decoder uses multi-axis rotary positions (M-RoPE)."""
+        rope = _config_get(self.text_config, "rope_parameters", "rope_scaling") or {}
+        return (isinstance(rope, dict) and "mrope_section" in rope) or hasattr(self.base, "get_rope_index")
+
+    def bidirectional_image_attention(self) -> bool:
+        """Whether image tokens attend to each other bidirectionally (e.g. Gemma3, PaliGemma)."""
+        if getattr(self.text_config, "use_bidirectional_attention", False):
+            return True
+        return "token_type_ids" in inspect.signature(self.base.forward).parameters
+
+    # ------------------------------------------------------------------------------------- tokens
+
+    @property
+    def image_token_id(self) -> int:
+        """Placeholder id of image features in ``input_ids``."""
+        return int(_config_get(self.config, "image_token_id", "image_token_index"))
+
+    @property
+    def video_token_id(self) -> int | None:
+        """Placeholder id of video features, when the family has one."""
+        value = _config_get(self.config, "video_token_id", "video_token_index")
+        return None if value is None else int(value)
+
+    def placeholder_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Image placeholders, shape (B, N) bool."""
+        return input_ids == self.image_token_id
+
+    def visual_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Reducible visual tokens (image and video placeholders), shape (B, N) bool."""
+        mask = input_ids == self.image_token_id
+        if self.video_token_id is not None:
+            mask = mask | (input_ids == self.video_token_id)
+        return mask
+
+    @property
+    def num_layers(self) -> int:
+        """Number of decoder layers."""
+        return len(self.decoder.layers)
+
+    def sliding_windows(self) -> list[int | None]:
+        """Sliding window of every decoder layer (``None`` for full attention)."""
+        window = getattr(self.text_config, "sliding_window", None)
+        types = list(getattr(self.text_config, "layer_types", None) or [])
+        if not types:
+            return [window if window and getattr(self.text_config, "use_sliding_window", False) else None] * len(
+                self.decoder.layers
+            )
+        return [window if t == "sliding_attention" else None for t in types]
+
+    # ------------------------------------------------------------------------------------- features
+
+    def encoder_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The forward kwargs that ``get_image_features`` takes (as ``generate()`` selects them)."""
+        params = inspect.signature(self.base.get_image_features).parameters
+        return {k: kwargs[k] for k in params if k != "kwargs" and k in kwargs and kwargs[k] is not None}
+
+    def has_pixels(self, kwargs: dict[str, Any]) -> bool:
+        """Whether the call carries raw image inputs."""
+        return kwargs.get("pixel_values") is not None
+
+    def text_like_rows(self, features: torch.Tensor) -> torch.Tensor | None:
+        """Rows of one image's features that are structural, not visual content (kept as text), shape (n,) bool."""
+        return None
+
+    def feature_grids(self, enc_kwargs: dict[str, Any], counts: Sequence[int]) -> list[tuple[int, int] | None]:
+        """Token grid (rows, cols) of each image's features, or ``None`` where there is no plain grid."""
+        grids: list[tuple[int, int] | None] = []
+        for n in counts:
+            side = int(round(n**0.5))
+            grids.append((side, side) if side * side == n else None)
+        return grids
+
+    def side_token_inputs(self) -> tuple[str, ...]:
+        """Per-token forward inputs that must be shortened with ``input_ids`` by a pre-LLM reduction."""
+        return ("token_type_ids", "mm_token_type_ids")
+
+    def prellm_position_ids(
+        self, kwargs: dict[str, Any], enc_kwargs: dict[str, Any], src_index: torch.Tensor, valid: torch.Tensor,
+        new_grids: list[tuple[int, int] | None],
+    ) -> torch.Tensor | None:
+        """Position ids for the shortened sequence, or ``None`` to let the model number it contiguously.
+
+        Args:
+            kwargs: The original forward kwargs (full-length ``input_ids`` etc.).
+            enc_kwargs: The image-encoder inputs.
+            src_index: For every position of the shortened sequence, the original position it stands for, shape
+                (B, N').
+            valid: Which positions of the shortened sequence are real (not added padding), shape (B, N') bool.
+            new_grids: Grid of each image after the merger, when it still forms one.
+        """
+        return None

@@ -1,0 +1,136 @@
+"""Family adapters: small overrides of the generic adapter for what a family does differently.
+
+Tested against transformers 5.23 (``models/qwen2_vl``, ``models/qwen2_5_vl``, ``models/qwen3_vl``, ``models/gemma3``,
+``models/llava_next``, ``models/llava_onevision``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+
+from tokred.adapters.base import ModelAdapter
+
+
+def _model_type(model: Any) -> str:
+    return str(getattr(model.config, "model_type", ""))
+
+
+class AnyresAdapter(ModelAdapter):
+    """LLaVA-NeXT and LLaVA-OneVision: anyres tiles packed with ``image_newline`` rows.
+
+    The newline rows share the image placeholder id but carry no visual content: they are the learned
+    ``image_newline`` vector, inserted at the end of every row of the unpadded tile grid (and, for OneVision, once
+    after each image). tokred treats them as **text-like**: they are never scored, pruned or merged, and a pre-LLM
+    merger sees only the content rows of each image (its outputs are put back in their first source's place, between
+    the kept newline rows). They are recognised by value: a row equal to ``image_newline`` exactly.
+    """
+
+    name: ClassVar[str] = "llava-anyres"
+    families: ClassVar[str] = "LLaVA-NeXT, LLaVA-OneVision"
+    model_types: ClassVar[tuple[str, ...]] = ("llava_next", "llava_onevision")
+
+    @classmethod
+    def matches(cls, model: Any) -> bool:
+        return _model_type(model) in cls.model_types and super().matches(model)
+
+    def text_like_rows(self, features: torch.Tensor) -> torch.Tensor | None:
+        newline = getattr(self.base, "image_newline", None)
+        if newline is None:
+            return None
+        return (features == newline.to(features)).all(dim=-1)  # (n,)
+
+    def feature_grids(self, enc_kwargs: dict[str, Any], counts: Sequence[int]) -> list[tuple[int, int] | None]:
+        return [None] * len(counts)  # the tiles plus the base image are not one grid
+
+
+class QwenVLAdapter(ModelAdapter):
+    """Qwen2-VL and Qwen2.5-VL: M-RoPE positions from ``get_rope_index`` and ``mm_token_type_ids``.
+
+    After a pre-LLM reduction the shortened sequence no longer matches ``image_grid_thw``, so the adapter passes
+    explicit 3-row positions: with a merger that keeps a grid (pooling) they come from ``get_rope_index`` on the
+    shortened ids and the pooled grid; otherwise every kept or merged token takes the M-RoPE position of its first
+    source token (text keeps its own), computed on the original sequence.
+    """
+
+    name: ClassVar[str] = "qwen-vl"
+    families: ClassVar[str] = "Qwen2-VL, Qwen2.5-VL"
+    model_types: ClassVar[tuple[str, ...]] = ("qwen2_vl", "qwen2_5_vl")
+    recomputes_mrope: ClassVar[bool] = True
+
+    @classmethod
+    def matches(cls, model: Any) -> bool:
+        return _model_type(model) in cls.model_types and super().matches(model)
+
+    def feature_grids(self, enc_kwargs: dict[str, Any], counts: Sequence[int]) -> list[tuple[int, int] | None]:
+        thw = enc_kwargs.get("image_grid_thw")
+        if thw is None:
+            return super().feature_grids(enc_kwargs, counts)
+        merge = int(self.config.vision_config.spatial_merge_size)
+        grids: list[tuple[int, int] | None] = []
+        for (t, h, w), n in zip(thw.tolist(), counts):
+            rows, cols = int(h) // merge, int(w) // merge
+            grids.append((rows, cols) if t == 1 and rows * cols == n else None)
+        return grids
+
+    def prellm_position_ids(
+        self, kwargs: dict[str, Any], enc_kwargs: dict[str, Any], src_index: torch.Tensor, valid: torch.Tensor,
+        new_grids: list[tuple[int, int] | None],
+    ) -> torch.Tensor | None:
+        ids, mm = kwargs["input_ids"], kwargs.get("mm_token_type_ids")
+        if mm is None:
+            mm = (ids == self.image_token_id).int()
+        thw = enc_kwargs.get("image_grid_thw")
+        mask = kwargs.get("attention_mask")
+        if thw is not None and all(g is not None for g in new_grids):
+            merge = int(self.config.vision_config.spatial_merge_size)
+            new_thw = torch.tensor([[int(t), g[0] * merge, g[1] * merge] for (t, _, _), g in zip(thw.tolist(), new_grids)
+                                    if g is not None], dtype=thw.dtype, device=thw.device)
+            new_ids, new_mm = ids.gather(1, src_index), mm.gather(1, src_index)
+            new_mask = valid.long() if mask is None else (mask.gather(1, src_index) * valid).long()
+            pos, _ = self.base.get_rope_index(new_ids, mm_token_type_ids=new_mm, image_grid_thw=new_thw,
+                                             attention_mask=new_mask)
+            return pos  # (3, B, N')
+        pos, _ = self.base.get_rope_index(ids, mm_token_type_ids=mm, image_grid_thw=thw, attention_mask=mask)
+        pos = pos.gather(2, src_index[None].expand(pos.shape[0], -1, -1))  # (3, B, N')
+        return pos.masked_fill(~valid[None], 1)
+
+
+class Gemma3Adapter(ModelAdapter):
+    """Gemma3: bidirectional attention inside each image span (from ``token_type_ids``) and sliding-window layers.
+
+    The bidirectional blocks are materialised 4-D masks, which the in-LLM stage gathers (rows and columns) with the
+    kept indices, so kept image tokens still see each other both ways. A pre-LLM reduction shortens
+    ``token_type_ids`` with ``input_ids``. Sliding-window layers work while the whole sequence fits in the window.
+    """
+
+    name: ClassVar[str] = "gemma3"
+    families: ClassVar[str] = "Gemma3"
+    model_types: ClassVar[tuple[str, ...]] = ("gemma3",)
+    handles_bidirectional: ClassVar[bool] = True
+
+    @classmethod
+    def matches(cls, model: Any) -> bool:
+        return _model_type(model) in cls.model_types and super().matches(model)
+
+    def feature_grids(self, enc_kwargs: dict[str, Any], counts: Sequence[int]) -> list[tuple[int, int] | None]:
+        return super().feature_grids(enc_kwargs, counts)  # mm_tokens_per_image is a square
+
+
+class DeepStackAdapter(ModelAdapter):
+    """Qwen3-VL (and other DeepStack models): recognised so that the refusal is explicit.
+
+    DeepStack adds visual features to the hidden states of the first decoder layers at the image positions, so
+    neither a pre-LLM reduction nor in-LLM pruning before those layers is correct without reducing the injected
+    features too; tokred refuses both.
+    """
+
+    name: ClassVar[str] = "deepstack"
+    families: ClassVar[str] = "Qwen3-VL (refused: DeepStack)"
+    model_types: ClassVar[tuple[str, ...]] = ("qwen3_vl", "qwen3_vl_moe")
+
+    @classmethod
+    def matches(cls, model: Any) -> bool:
+        return _model_type(model) in cls.model_types

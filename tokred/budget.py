@@ -1,0 +1,185 @@
+"""Predict, without running a model, how many tokens each decoder layer processes under a strategy.
+
+Used by ``tokred flops`` (analytical breakdowns for well-known configs) and by ``tokred compare --match`` (to search
+each strategy's budget knob for a target budget before measuring it). Measured runs report the real counts in
+``handle.stats.tokens_per_layer``; this module is the model-free prediction of the same numbers.
+
+Example:
+    >>> import tokred
+    >>> from tokred.budget import predict_tokens_per_layer
+    >>> predict_tokens_per_layer(tokred.create_strategy("fastv"), num_layers=4, text_tokens=10, visual_tokens=100)
+    [110, 110, 60, 60]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tokred._components import Strategy
+from tokred.errors import ConfigError
+
+
+def visual_after_merge(
+    strategy: Strategy,
+    visual_tokens: int,
+    *,
+    images: int = 1,
+    grid: tuple[int, int] | None = None,
+    vision_layers: int | None = None,
+) -> int:
+    """Visual tokens entering the LLM after the strategy's vision-tower or pre-LLM merger.
+
+    Args:
+        strategy: The strategy.
+        visual_tokens: Visual tokens per image without reduction.
+        images: Images (or frames) per sample; each is merged on its own.
+        grid: Token grid of one image, when the merger needs it (pooling).
+        vision_layers: Vision-tower depth (needed for vision-stage mergers).
+    """
+    merger = strategy.merger
+    if merger is None:
+        return visual_tokens * images
+    if merger.stage == "vision":
+        if vision_layers is None:
+            raise ConfigError(f"strategy '{strategy.name}' merges inside the vision tower: give vision_layers")
+        budgets = merger.layer_budgets(vision_layers + 1, visual_tokens)
+        return (budgets[-1] if budgets else visual_tokens) * images
+    return merger.output_count(visual_tokens, grid) * images
+
+
+def predict_tokens_per_layer(
+    strategy: Strategy,
+    *,
+    num_layers: int,
+    text_tokens: int,
+    visual_tokens: int,
+    images: int = 1,
+    grid: tuple[int, int] | None = None,
+    vision_layers: int | None = None,
+) -> list[int]:
+    """Sequence length each decoder layer processes (text tokens are never reduced).
+
+    Args:
+        strategy: The strategy.
+        num_layers: Decoder layers.
+        text_tokens: Non-visual tokens of the prompt.
+        visual_tokens: Visual tokens per image before reduction.
+        images: Images per sample.
+        grid: Token grid of one image (pooling needs it; a square count is inferred).
+        vision_layers: Vision-tower depth, for vision-stage mergers.
+
+    Returns:
+        ``num_layers`` sequence lengths.
+    """
+    visual = visual_after_merge(strategy, visual_tokens, images=images, grid=grid, vision_layers=vision_layers)
+    if strategy.scheduler is None:
+        return [text_tokens + visual] * num_layers
+    budgets = strategy.scheduler.budgets(num_layers, visual)
+    return [text_tokens + b for b in budgets]
+
+
+@dataclass
+class KnobSearch:
+    """Result of searching a strategy's budget knob.
+
+    Attributes:
+        value: Knob value found.
+        achieved: Budget measure reached with it (e.g. relative FLOPs).
+        target: Budget measure asked for.
+        strategy: The strategy with the knob set.
+    """
+
+    value: float
+    achieved: float
+    target: float
+    strategy: Strategy
+
+    @property
+    def relative_error(self) -> float:
+        """``|achieved - target| / target``."""
+        return abs(self.achieved - self.target) / self.target if self.target else abs(self.achieved)
+
+
+def search_knob(
+    strategy: Strategy,
+    measure: Callable[[Strategy], float],
+    target: float,
+    *,
+    steps: int = 40,
+) -> KnobSearch:
+    """Find the knob value whose ``measure`` (monotone in the knob) is closest to ``target``.
+
+    Bisection on the knob's bounds for float knobs; an exhaustive scan of the (bounded) range for integer knobs.
+
+    Raises:
+        ConfigError: If the strategy has no budget knob.
+    """
+    knob = strategy.budget_knob
+    if knob is None:
+        raise ConfigError(f"strategy '{strategy.name}' has no budget knob to search")
+    lo, hi, is_int = _knob_bounds(strategy, knob)
+    if is_int:
+        candidates: Sequence[float] = range(int(lo), int(hi) + 1)
+        best = min(candidates, key=lambda v: abs(measure(strategy.with_budget(v)) - target))
+        chosen = strategy.with_budget(best)
+        return KnobSearch(best, measure(chosen), target, chosen)
+    sign = strategy.budget_direction
+    for _ in range(steps):  # measure grows with sign * knob
+        mid = (lo + hi) / 2
+        if (measure(strategy.with_budget(mid)) - target) * sign > 0:
+            hi = mid
+        else:
+            lo = mid
+    options = [lo, hi]
+    best_f = min(options, key=lambda v: abs(measure(strategy.with_budget(v)) - target))
+    chosen = strategy.with_budget(best_f)
+    return KnobSearch(best_f, measure(chosen), target, chosen)
+
+
+def _knob_bounds(strategy: Strategy, knob: str) -> tuple[float, float, bool]:
+    field = type(strategy.config).model_fields[knob]
+    lo, hi = -math.inf, math.inf
+    for meta in field.metadata:
+        for attr in ("ge", "gt"):
+            if getattr(meta, attr, None) is not None:
+                lo = float(getattr(meta, attr))
+        for attr in ("le", "lt"):
+            if getattr(meta, attr, None) is not None:
+                hi = float(getattr(meta, attr))
+    is_int = field.annotation is int
+    if is_int:
+        hi = min(hi, 256.0)  # integer knobs (ToMe's r, pooling's kernel) are scanned; keep the scan short
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ConfigError(f"budget knob '{knob}' of '{strategy.name}' needs finite bounds to be searched")
+    if field.metadata and any(getattr(m, "gt", None) is not None for m in field.metadata):
+        lo = lo + 1e-6 if not is_int else lo + 1
+    return lo, hi, is_int
+
+
+def relative_flops_measure(
+    text_config: Any,
+    *,
+    text_tokens: int,
+    visual_tokens: int,
+    images: int = 1,
+    grid: tuple[int, int] | None = None,
+    vision_layers: int | None = None,
+    convention: str = "llm-viewer",
+) -> Callable[[Strategy], float]:
+    """A ``measure`` for :func:`search_knob`: predicted prefill FLOPs relative to the unreduced model."""
+    from tokred.flops import TextDims, prefill_flops
+
+    layers = TextDims.from_config(text_config).num_hidden_layers
+    base = prefill_flops(text_config, [text_tokens + visual_tokens * images] * layers, convention)  # type: ignore[arg-type]
+
+    def measure(strategy: Strategy) -> float:
+        tokens = predict_tokens_per_layer(
+            strategy, num_layers=layers, text_tokens=text_tokens, visual_tokens=visual_tokens, images=images,
+            grid=grid, vision_layers=vision_layers,
+        )
+        return prefill_flops(text_config, tokens, convention) / base  # type: ignore[arg-type]
+
+    return measure
