@@ -177,8 +177,13 @@ def relative_flops_measure(
 
     def measure(strategy: Strategy) -> float:
         tokens = predict_tokens_per_layer(
-            strategy, num_layers=layers, text_tokens=text_tokens, visual_tokens=visual_tokens, images=images,
-            grid=grid, vision_layers=vision_layers,
+            strategy,
+            num_layers=layers,
+            text_tokens=text_tokens,
+            visual_tokens=visual_tokens,
+            images=images,
+            grid=grid,
+            vision_layers=vision_layers,
         )
         return prefill_flops(text_config, tokens, convention) / base  # type: ignore[arg-type]
 

@@ -192,6 +192,8 @@ def test_original_order_is_sorted(x, r):
 @given(data=st.data(), r=budgets(max_value=40), order=orders)
 def test_matching_invariant_to_positive_row_scaling(data, r, order):
     x = data.draw(token_batches()).double()
+    # rows with a near-zero norm are normalised against an epsilon instead of their norm, so scale matters there
+    x[..., 0] += (x.norm(dim=-1) < 1e-6).double()
     # powers of two rescale exactly, so the normalised metric is bitwise the same
     exponents = data.draw(token_batches(shape=tuple(x.shape[:2]), min_value=-3, max_value=3))
     scaled = x * torch.exp2(exponents.round().double())[..., None]

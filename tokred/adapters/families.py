@@ -88,7 +88,8 @@ class QwenVLAdapter(ModelAdapter):
             merge = int(self.config.vision_config.spatial_merge_size)
             new_thw = torch.tensor([[int(t), g[0] * merge, g[1] * merge] for (t, _, _), g in zip(thw.tolist(), new_grids)
                                     if g is not None], dtype=thw.dtype, device=thw.device)
-            new_ids, new_mm = ids.gather(1, src_index), mm.gather(1, src_index)
+            new_ids = torch.where(valid, ids.gather(1, src_index), 0)
+            new_mm = torch.where(valid, mm.gather(1, src_index), 0)
             new_mask = valid.long() if mask is None else (mask.gather(1, src_index) * valid).long()
             pos, _ = self.base.get_rope_index(new_ids, mm_token_type_ids=new_mm, image_grid_thw=new_thw,
                                              attention_mask=new_mask)

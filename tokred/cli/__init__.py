@@ -10,6 +10,7 @@ import sys
 
 import typer
 
+from tokred.cli.compare import compare_command
 from tokred.cli.flops import flops_command
 from tokred.cli.list import list_command, show_command
 from tokred.cli.plugins import plugins_command
@@ -28,6 +29,7 @@ app = typer.Typer(
 app.command("list")(list_command)
 app.command("show")(show_command)
 app.command("plugins")(plugins_command)
+app.command("compare")(compare_command)
 app.command("flops")(flops_command)
 
 

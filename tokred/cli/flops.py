@@ -22,15 +22,26 @@ def load_config(model: str) -> dict[str, Any]:
     if path.suffix == ".json" and path.exists():
         raw = json.loads(path.read_text())
         text = raw.get("text_config", raw)
-        return {"text_config": text, "vision_config": raw.get("vision_config"), "projector": None,
-                "visual_tokens": None, "hf_id": str(path)}
+        return {
+            "text_config": text,
+            "vision_config": raw.get("vision_config"),
+            "projector": None,
+            "visual_tokens": None,
+            "hf_id": str(path),
+        }
     from tokred.flops import get_known_config
 
     return get_known_config(model)
 
 
 def flops_report(
-    config: dict[str, Any], strategy_name: str, options: dict[str, Any], *, visual: int, text: int, images: int,
+    config: dict[str, Any],
+    strategy_name: str,
+    options: dict[str, Any],
+    *,
+    visual: int,
+    text: int,
+    images: int,
     convention: str,
 ) -> dict[str, Any]:
     """FLOPs of the unreduced model and of the strategy, by part, as a JSON-ready dict."""
@@ -48,7 +59,11 @@ def flops_report(
     rows = {}
     for label, strat in (("none", tokred.create_strategy("none")), (strategy_name, strategy)):
         tokens = predict_tokens_per_layer(
-            strat, num_layers=layers, text_tokens=text, visual_tokens=visual, images=images,
+            strat,
+            num_layers=layers,
+            text_tokens=text,
+            visual_tokens=visual,
+            images=images,
             vision_layers=vision_layers,
         )
         proj = config.get("projector")
@@ -64,8 +79,14 @@ def flops_report(
     base = rows["none"]["llm_prefill"]
     for row in rows.values():
         row["relative_llm_prefill"] = row["llm_prefill"] / base if base else 1.0
-    return {"model": config.get("hf_id"), "visual_tokens": visual, "text_tokens": text, "images": images,
-            "strategy": {"name": strategy_name, "options": strategy.config.model_dump(mode="json")}, "rows": rows}
+    return {
+        "model": config.get("hf_id"),
+        "visual_tokens": visual,
+        "text_tokens": text,
+        "images": images,
+        "strategy": {"name": strategy_name, "options": strategy.config.model_dump(mode="json")},
+        "rows": rows,
+    }
 
 
 def flops_command(
@@ -86,11 +107,10 @@ def flops_command(
 
     Examples:
 
-        tokred flops llava-1.5-7b --strategy fastv
-
-        tokred flops llava-onevision-7b --strategy aim --visual 196 --images 32 --text 100
-
-        tokred flops ./my-model/config.json --strategy pooling -o kernel=3 --format json
+    \b
+    tokred flops llava-1.5-7b --strategy fastv
+    tokred flops llava-onevision-7b --strategy aim --visual 196 --images 32 --text 100
+    tokred flops ./my-model/config.json --strategy pooling -o kernel=3 --format json
     """
     config = load_config(model)
     n_visual = visual if visual is not None else config.get("visual_tokens")
@@ -105,16 +125,30 @@ def flops_command(
 
 
 def _print(data: dict[str, Any], per_layer: bool) -> None:
-    table = Table(title=f"FLOPs of {data['model']} ({data['visual_tokens']} visual x {data['images']}, "
-                  f"{data['text_tokens']} text tokens)", title_justify="left")
-    for col in ("strategy", "visual into LLM", "LLM prefill (TFLOPs)", "relative", "decode step (GFLOPs)",
-                "vision (TFLOPs)", "projector (TFLOPs)"):
+    table = Table(
+        title=f"FLOPs of {data['model']} ({data['visual_tokens']} visual x {data['images']}, "
+        f"{data['text_tokens']} text tokens)",
+        title_justify="left",
+    )
+    for col in (
+        "strategy",
+        "visual into LLM",
+        "LLM prefill (TFLOPs)",
+        "relative",
+        "decode step (GFLOPs)",
+        "vision (TFLOPs)",
+        "projector (TFLOPs)",
+    ):
         table.add_column(col, justify="right" if col != "strategy" else "left")
     for name, row in data["rows"].items():
         table.add_row(
-            name, str(row["extra"]["visual_into_llm"]), f"{row['llm_prefill'] / 1e12:.3f}",
-            f"{row['relative_llm_prefill']:.3f}", f"{row['llm_decode_step'] / 1e9:.3f}",
-            f"{row['vision'] / 1e12:.3f}", f"{row['projector'] / 1e12:.4f}",
+            name,
+            str(row["extra"]["visual_into_llm"]),
+            f"{row['llm_prefill'] / 1e12:.3f}",
+            f"{row['relative_llm_prefill']:.3f}",
+            f"{row['llm_decode_step'] / 1e9:.3f}",
+            f"{row['vision'] / 1e12:.3f}",
+            f"{row['projector'] / 1e12:.4f}",
         )
     console = stdout()
     console.print(table)

@@ -58,11 +58,10 @@ def list_command(
 
     Examples:
 
-        tokred list
-
-        tokred list strategies --options
-
-        tokred list schedulers --format json
+    \b
+    tokred list
+    tokred list strategies --options
+    tokred list schedulers --format json
     """
     kinds = KINDS if kind == "all" else (_normalise_kind(kind),)
     regs = get_registries()
@@ -115,11 +114,10 @@ def show_command(
 
     Examples:
 
-        tokred show aim
-
-        tokred show aim --kind scorer
-
-        tokred show linear --format json
+    \b
+    tokred show aim
+    tokred show aim --kind scorer
+    tokred show linear --format json
     """
     cls, k = _find(name, kind)
     info = describe(cls, k)

@@ -22,9 +22,9 @@ def plugins_command(
 
     Examples:
 
-        tokred plugins
-
-        tokred plugins --external --format table
+    \b
+    tokred plugins
+    tokred plugins --external --format table
     """
     rows = [r for r in plugin_distributions() if builtins or not r["builtin"]]
     if fmt is Format.json:

@@ -93,7 +93,7 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Base output plus the low-rank update."""
-        return self.base(x) + (x @ self.lora_a.t() @ self.lora_b.t()) * self.scale
+        return self.base(x) + ((x @ self.lora_a.t()) * self.scale) @ self.lora_b.t()
 
 
 def add_lora(model: nn.Module, rank: int, alpha: float, targets: Sequence[str] = LORA_TARGETS) -> dict[str, LoRALinear]:
@@ -519,13 +519,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="training seed")
     p.add_argument("--bench-seed", type=int, default=shapes.DEFAULT_SEED, help="shapes benchmark seed")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    p.add_argument("--train-images", type=int, default=2000, help="training images (feature cache size)")
-    p.add_argument("--val-items", type=int, default=200, help="validation questions for the learning curve")
+    p.add_argument("--train-images", type=int, default=1200, help="training images (feature cache size)")
+    p.add_argument("--val-items", type=int, default=100, help="validation questions for the learning curve")
     p.add_argument("--align-steps", type=int, default=600, help="projector pre-alignment steps")
     p.add_argument("--align-pos-steps", type=int, default=200, help="pre-alignment steps with position words")
     p.add_argument("--align-batch", type=int, default=32, help="images per alignment step")
     p.add_argument("--align-lr", type=float, default=2e-3, help="alignment learning rate (cosine)")
-    p.add_argument("--qa-steps", type=int, default=400, help="QA training steps")
+    p.add_argument("--qa-steps", type=int, default=300, help="QA training steps")
     p.add_argument("--batch", type=int, default=4, help="images per QA step")
     p.add_argument("--per-type", type=int, default=3, help="questions per type per image")
     p.add_argument("--count-per-type", type=int, default=4, help="count questions per image")
@@ -535,7 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--proj-lr", type=float, default=1e-3, help="projector learning rate in the QA phase")
     p.add_argument("--warmup", type=int, default=20, help="warm-up steps")
     p.add_argument("--decay-frac", type=float, default=0.3, help="fraction of QA steps with cosine decay")
-    p.add_argument("--ckpt-every", type=int, default=25, help="checkpoint every N QA steps")
+    p.add_argument("--ckpt-every", type=int, default=20, help="checkpoint every N QA steps")
     p.add_argument("--eval-every", type=int, default=100, help="validation every N QA steps (0: never)")
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop QA (with a checkpoint) after this many")
     p.add_argument("--export", action="store_true", help="write the weights to tokred/eval/weights when done")
@@ -630,7 +630,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            state["align_losses"].append(float(loss))
+            state["align_losses"].append(loss.item())
             state["align_step"] = step + 1
             if (step + 1) % 50 == 0 or step + 1 == total_align:
                 state["align_wall_s"] = time.perf_counter() - t_phase
@@ -707,7 +707,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(lora_params + list(proj.parameters()), 1.0)
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         state["qa_step"] = step + 1
         state["qa_wall_s"] = wall_before + time.perf_counter() - t_resume
         if (step + 1) % 10 == 0:

@@ -259,7 +259,8 @@ def bipartite_soft_matching(
     Ties are broken deterministically: the lowest B index as partner, the lowest A index first.
 
     Args:
-        metric: Matching features, shape (B, N, C). Only directions matter (cosine similarity).
+        metric: Matching features, shape (B, N, C). Only directions matter (cosine similarity); rows with a norm
+            below 1e-12 count as zero vectors (similarity 0 to everything).
         r: Tokens to remove; clipped to `max_merge_r` (at most half of the unprotected tokens). ``r <= 0`` gives
             the identity plan.
         protected: Tokens that are never merged (neither source nor destination), shape (B, N), bool. They pass
@@ -268,7 +269,8 @@ def bipartite_soft_matching(
             order. ``"original"``: all surviving tokens in original index order.
 
     Returns:
-        The `MergePlan`; outputs have ``N - r'`` tokens with ``r' = plan.r``.
+        The `MergePlan`; outputs have ``N - r'`` tokens with ``r' = plan.r``. When ``r' == 0`` it is the identity
+        plan (original order, inputs returned as they are) whatever ``order`` says.
 
     Raises:
         ValueError: On a bad shape or order, or ``protected`` with ``order="score"`` (score order interleaves A and B

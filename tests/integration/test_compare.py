@@ -1,0 +1,137 @@
+"""The comparison engine and ``tokred compare`` on the tiny random LLaVA (mechanics, not accuracy)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from tokred.cli import app
+from tokred.cli.compare import parse_match, parse_strategies
+from tokred.compare import CompareSettings, SampleLog, run_compare
+from tokred.errors import ConfigError, UnknownNameError
+
+pytestmark = pytest.mark.integration
+
+ROW_FIELDS = {
+    "strategy",
+    "accuracy",
+    "accuracy_ci_low",
+    "accuracy_ci_high",
+    "agreement",
+    "mcnemar_p",
+    "relative_flops",
+    "prefill_flops",
+    "prefill_latency_s",
+    "decode_latency_s",
+    "kv_cache_bytes",
+    "visual_in",
+    "visual_into_llm",
+    "mean_tokens_per_layer",
+    "accuracy_by_type",
+    "peak_memory_bytes",
+}
+
+
+def settings(**kw) -> CompareSettings:
+    base = {"model": "tiny", "strategies": ["none"], "limit": 6, "batch_size": 3, "timing_repeats": 1}
+    return CompareSettings(**{**base, **kw})
+
+
+def test_baseline_row_has_every_field():
+    result = run_compare(settings())
+    (row,) = result.rows
+    assert ROW_FIELDS <= set(row)
+    assert row["strategy"] == "none" and row["n"] == 6
+    assert row["relative_flops"] == 1.0 and row["agreement"] == 1.0
+    assert row["accuracy_ci_low"] <= row["accuracy"] <= row["accuracy_ci_high"]
+    assert row["kv_cache_bytes"] > 0 and row["prefill_latency_s"] > 0
+
+
+def test_resume_after_interruption(tmp_path):
+    full = run_compare(settings(output=tmp_path / "full"))
+    log = tmp_path / "cut" / "samples.jsonl"
+    run_compare(settings(output=tmp_path / "cut"))
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join(lines[:3]) + "\n" + lines[3][:20])  # header, 2 records, a torn line
+    seen: list[int] = []
+    resumed = run_compare(settings(output=tmp_path / "cut"), progress=lambda label, done, total: seen.append(total))
+    assert seen and max(seen) == 4  # only the 4 missing samples are evaluated again
+    key = lambda recs: sorted((r["id"], r["prediction"]) for r in recs)  # noqa: E731
+    assert key(resumed.records) == key(full.records)
+    assert resumed.rows[0]["n"] == 6
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    run_compare(settings(output=tmp_path))
+    with pytest.raises(ConfigError, match="other settings"):
+        SampleLog(tmp_path, {"model": "something else"})
+
+
+def test_unknown_strategy_suggests():
+    with pytest.raises(UnknownNameError, match="Did you mean: fastv"):
+        run_compare(settings(strategies=["fastV"]))
+
+
+def test_option_for_absent_strategy_is_refused():
+    with pytest.raises(ConfigError, match="not among the strategies"):
+        run_compare(settings(strategies=["none"], options={"fastv": {"keep_ratio": 0.5}}))
+
+
+def test_bad_jsonl_lines_are_reported_and_others_evaluated(tmp_path):
+    Image.new("RGB", (32, 32), "red").save(tmp_path / "a.png")
+    good = {"image": "a.png", "question": "What colour?", "answers": ["red"]}
+    lines = [
+        json.dumps(good),
+        "{not json",
+        json.dumps({"image": "missing.png", "question": "q", "answers": ["x"]}),
+        json.dumps({**good, "id": "second"}),
+    ]
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    result = run_compare(settings(dataset=str(path), limit=None))
+    assert result.rows[0]["n"] == 2
+    errors = result.info["dataset_errors"]
+    assert len(errors) == 2 and "line 2" in errors[0] and "line 3" in errors[1]
+
+
+@pytest.mark.parametrize("value", ["flops", "flops=2", "tokens=-1", "speed=3", "flops=abc"])
+def test_bad_match_values(value):
+    with pytest.raises(ConfigError):
+        parse_match(value)
+
+
+def test_strategy_lists_accept_commas_and_repeats():
+    assert parse_strategies(["aim,fastv", "random", "aim"]) == ["aim", "fastv", "random"]
+
+
+def test_cli_json_and_csv(tmp_path):
+    runner = CliRunner()
+    args = ["compare", "--model", "tiny", "-s", "none", "--limit", "3", "--timing-repeats", "1"]
+    out = runner.invoke(app, [*args, "--format", "json", "--output", str(tmp_path), "--plot"])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.stdout)
+    assert ROW_FIELDS <= set(data["rows"][0])
+    assert (tmp_path / "pareto.png").stat().st_size > 1000
+    assert (tmp_path / "summary.json").exists() and (tmp_path / "samples.jsonl").exists()
+    csv_out = runner.invoke(app, [*args, "--format", "csv", "--output", str(tmp_path)])
+    assert csv_out.exit_code == 0 and csv_out.stdout.splitlines()[0].startswith("strategy,")
+
+
+def test_cli_unreachable_budget_is_a_clear_error():
+    runner = CliRunner()
+    out = runner.invoke(app, ["compare", "--model", "tiny", "-s", "pooling", "--limit", "2", "--match", "flops=0.5"])
+    assert isinstance(out.exception, ConfigError)
+    assert "budget not reachable" in str(out.exception) and "pooling" in str(out.exception)
+
+
+def test_settings_forbid_unknown_fields():
+    with pytest.raises(Exception, match="extra"):
+        CompareSettings(strategies=["none"], limits=3)  # type: ignore[call-arg]
+
+
+def test_output_folder_type(tmp_path):
+    assert isinstance(settings(output=tmp_path).output, Path)

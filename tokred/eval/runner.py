@@ -1,0 +1,147 @@
+"""Model runners: turn dataset samples into model inputs and generated ids back into answers.
+
+A runner hides the model family's prompt format from the evaluation code. ``HFRunner`` serves any
+image-text-to-text model with a processor whose chat template places the image (the reference model, or a
+checkpoint given with ``--model``); ``TinyRunner`` wraps a tiny random-config model of ``tokred.testing.models`` so
+that the comparison machinery can be tested offline in seconds (its answers are meaningless).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from tokred.eval.datasets import Sample
+
+INSTRUCTION = "Answer with one word."
+
+
+class Runner(Protocol):
+    """What the comparison needs from a model."""
+
+    name: str
+    model: Any
+
+    def encode(self, samples: Sequence[Sample]) -> dict[str, torch.Tensor]:
+        """A left-padded batch of model inputs for ``samples``."""
+        ...
+
+    def decode(self, generated: torch.Tensor) -> list[str]:
+        """Answers from the generated ids only (prompt excluded), shape (B, T)."""
+        ...
+
+    @property
+    def image_token_id(self) -> int:
+        """Placeholder id of visual tokens in ``input_ids``."""
+        ...
+
+    @property
+    def image_grid(self) -> tuple[int, int] | None:
+        """Token grid of one image (rows, cols), when the tokens of an image form one."""
+        ...
+
+
+def question_text(sample: Sample) -> str:
+    """The user turn of the prompt: the question plus the one-word instruction."""
+    return f"{sample.question} {INSTRUCTION}"
+
+
+def first_word(text: str) -> str:
+    """The first word of a generation (answers are one word; trailing text is ignored)."""
+    words = text.strip().split()
+    return words[0].strip(".,;:!?\"'") if words else ""
+
+
+def image_token_id_of(model: Any) -> int:
+    """The image placeholder id of a transformers multimodal model."""
+    cfg = model.config
+    for key in ("image_token_id", "image_token_index"):
+        value = getattr(cfg, key, None)
+        if value is not None:
+            return int(value)
+    raise ValueError(f"{type(model).__name__} has no image_token_id in its config")
+
+
+@dataclass
+class HFRunner:
+    """Runner for a transformers model and its processor (chat template with an image slot)."""
+
+    model: Any
+    processor: Any
+    name: str = "model"
+
+    def encode(self, samples: Sequence[Sample]) -> dict[str, torch.Tensor]:
+        prompts = [self._prompt(s) for s in samples]
+        self.processor.tokenizer.padding_side = "left"
+        batch = self.processor(text=prompts, images=[s.image for s in samples], return_tensors="pt", padding=True)
+        return {k: v.to(self.model.device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+
+    def _prompt(self, sample: Sample) -> str:
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question_text(sample)}]}]
+        return str(self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+
+    def decode(self, generated: torch.Tensor) -> list[str]:
+        texts = self.processor.tokenizer.batch_decode(generated, skip_special_tokens=True)
+        return [first_word(t) for t in texts]
+
+    @property
+    def image_token_id(self) -> int:
+        return image_token_id_of(self.model)
+
+    @property
+    def image_grid(self) -> tuple[int, int] | None:
+        vision = getattr(self.model.config, "vision_config", None)
+        size, patch = getattr(vision, "image_size", None), getattr(vision, "patch_size", None)
+        if not size or not patch:
+            return None
+        side = int(size) // int(patch)
+        return side, side
+
+
+@dataclass
+class TinyRunner:
+    """Runner over a tiny random LLaVA-style model (tests only: answers are digits derived from token ids)."""
+
+    family: str = "llava"
+    name: str = "tiny-llava"
+
+    def __post_init__(self) -> None:
+        from tokred.testing.models import tiny_model
+
+        self.model, self._make_inputs = tiny_model(self.family)
+
+    def encode(self, samples: Sequence[Sample]) -> dict[str, torch.Tensor]:
+        rows = [self._make_inputs(batch=1, seed=_stable_seed(s.id)) for s in samples]
+        return _left_pad(rows)
+
+    def decode(self, generated: torch.Tensor) -> list[str]:
+        return [str(int(row[0]) % 5) for row in generated]
+
+    @property
+    def image_token_id(self) -> int:
+        return image_token_id_of(self.model)
+
+    @property
+    def image_grid(self) -> tuple[int, int] | None:
+        return None
+
+
+def _stable_seed(sample_id: str) -> int:
+    return int(hashlib.sha256(sample_id.encode()).hexdigest()[:8], 16)
+
+
+def _left_pad(rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Concatenate single-sample inputs, left-padding ``input_ids``/``attention_mask`` (pad id 0)."""
+    width = max(int(r["input_ids"].shape[1]) for r in rows)
+    out: dict[str, list[torch.Tensor]] = {}
+    for r in rows:
+        pad = width - int(r["input_ids"].shape[1])
+        for key, value in r.items():
+            if key in ("input_ids", "attention_mask"):
+                value = torch.nn.functional.pad(value, (pad, 0), value=0)
+            out.setdefault(key, []).append(value)
+    return {k: torch.cat(v, dim=0) for k, v in out.items()}

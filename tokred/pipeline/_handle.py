@@ -1,0 +1,345 @@
+"""``tokred.patch``: instrument a transformers multimodal model with a strategy, reversibly.
+
+Everything is instance-level and undone exactly by ``PatchHandle.remove()``: forward (pre-)hooks on the base model,
+the decoder, its layers and (for ToMe) the vision tower's layers; a tag attribute on each attention module; the text
+config's attention implementation (switched to a tokred-registered wrapper of the same kernel only when a scorer needs
+queries and keys); and an instance ``generate`` that performs the pre-LLM reduction before calling the stock one.
+No class, weight or module structure changes, so ``state_dict`` keys stay the same.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from tokred._api import create_strategy
+from tokred._components import Strategy
+from tokred.errors import ConfigError, TokredError, UnsupportedModeError, UnsupportedModelError
+from tokred.pipeline._attention import CAPTURE_ATTR, register_attention_functions, wrapped_name
+from tokred.pipeline._llm import InLLMStage
+from tokred.pipeline._prellm import PreLLMStage
+from tokred.pipeline._state import ReductionStats, RunState
+
+HANDLE_ATTR = "_tokred_handle"
+_ASSISTED = ("assistant_model", "prompt_lookup_num_tokens", "assistant_early_exit", "draft_model")
+_STATIC = ("static", "offloaded_static", "hybrid", "hybrid_chunked", "sliding_window", "mamba", "quantized")
+
+
+def select_adapter(model: Any) -> Any:
+    """Instantiate the adapter the plugin hooks pick for ``model``.
+
+    Raises:
+        UnsupportedModelError: If no adapter matches (the message names the supported families).
+    """
+    from tokred._plugins import get_plugin_manager, get_registries
+    from tokred.adapters import SUPPORTED_FAMILIES
+
+    registry = get_registries().adapters
+    adapters = list(registry._items.values())  # registration order: family adapters before the generic one
+    cls = get_plugin_manager().hook.tokred_model_adapter(model=model, adapters=adapters)
+    if cls is None:
+        raise UnsupportedModelError(
+            f"no tokred adapter handles {type(model).__name__}; supported families: {SUPPORTED_FAMILIES}. "
+            f"Registered adapters: {', '.join(registry.names())}"
+        )
+    return cls(model)
+
+
+class PatchHandle:
+    """A model instrumented with a strategy; use as a context manager or call ``remove()``.
+
+    Attributes:
+        model: The patched model.
+        strategy: The strategy applied.
+        adapter: The model adapter in use.
+    """
+
+    def __init__(self, model: Any, strategy: Strategy, adapter: Any, attn_implementation: str | None) -> None:
+        self.model = model
+        self.strategy = strategy
+        self.adapter = adapter
+        self._state = RunState(strategy, adapter.num_layers)
+        self._undo: list[Callable[[], None]] = []
+        self._removed = False
+        self._attn_request = attn_implementation
+        merger = strategy.merger
+        self._vision = None
+        if merger is not None and merger.stage == "vision":
+            from tokred.pipeline._vision import VisionStage
+
+            self._vision = VisionStage(adapter, merger)
+        pre_merger = merger if merger is not None and merger.stage == "pre_llm" else None
+        counts = self._vision.original_counts if self._vision is not None else None
+        self._prellm = PreLLMStage(adapter, pre_merger, self._state, counts)
+        self._reduces_before = merger is not None
+        self._needs_features = self._reduces_before or isinstance(adapter.text_like_rows(torch.zeros(1, 1)), torch.Tensor)
+
+    # --------------------------------------------------------------------------------------- public
+
+    @property
+    def stats(self) -> ReductionStats:
+        """Statistics of the last prefill (see [`ReductionStats`][tokred.ReductionStats])."""
+        return self._state.stats
+
+    def remove(self) -> None:
+        """Undo the patch exactly.
+
+        Raises:
+            TokredError: If the handle was already removed.
+        """
+        if self._removed:
+            raise TokredError("this tokred patch was already removed; patch the model again to re-apply a strategy")
+        while self._undo:
+            self._undo.pop()()
+        self._removed = True
+
+    def __enter__(self) -> PatchHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._removed:
+            self.remove()
+
+    def __repr__(self) -> str:
+        status = "removed" if self._removed else "active"
+        return f"PatchHandle({self.strategy!r}, adapter={self.adapter.name!r}, {type(self.model).__name__}, {status})"
+
+    # --------------------------------------------------------------------------------------- install
+
+    def _install(self) -> None:
+        try:
+            self._install_all()
+        except BaseException:
+            while self._undo:
+                self._undo.pop()()
+            raise
+
+    def _install_all(self) -> None:
+        model, adapter = self.model, self.adapter
+        setattr(model, HANDLE_ATTR, self)
+        self._undo.append(lambda: model.__dict__.pop(HANDLE_ATTR, None))
+        h = adapter.base.register_forward_pre_hook(self._base_pre, with_kwargs=True)
+        self._undo.append(h.remove)
+        if self.strategy.scheduler is not None:
+            for handle in InLLMStage(adapter, self._state).install():
+                self._undo.append(handle.remove)
+            self._install_attention()
+        if self._vision is not None:
+            for undo in self._vision.install():
+                self._undo.append(undo)
+        self._install_generate()
+
+    def _install_attention(self) -> None:
+        scorer = self.strategy.scorer
+        if scorer is None or scorer.query_rows == "none":
+            return
+        text_cfg = self.adapter.text_config
+        original = text_cfg._attn_implementation
+        requested = self._attn_request or original
+        if "flash" in str(requested):
+            where = "CUDA with flash-attn" if torch.cuda.is_available() else "CPU (FlashAttention-2 needs CUDA)"
+            raise UnsupportedModeError(
+                f"attention implementation {requested!r} is not supported by tokred's scorers on {where}: they need "
+                "post-RoPE queries and keys from an SDPA or eager call. Load the model with attn_implementation='sdpa'"
+            )
+        name = wrapped_name(str(requested))
+        if name is None:
+            raise UnsupportedModeError(
+                f"attention implementation {requested!r} cannot be wrapped for scoring; use 'sdpa' or 'eager'"
+            )
+        register_attention_functions()
+        for i, layer in enumerate(self.adapter.decoder.layers):
+            layer.self_attn.__dict__[CAPTURE_ATTR] = (self._state, i)
+            self._undo.append(functools.partial(layer.self_attn.__dict__.pop, CAPTURE_ATTR, None))
+        self.model.set_attn_implementation({"text_config": name})
+        self._undo.append(lambda: self.model.set_attn_implementation({"text_config": original}))
+
+    def _install_generate(self) -> None:
+        model = self.model
+        had = "generate" in model.__dict__
+        previous = model.__dict__.get("generate")
+        original = model.generate
+
+        @functools.wraps(original)
+        def generate(*args: Any, **kwargs: Any) -> Any:
+            return self._generate(original, *args, **kwargs)
+
+        model.generate = generate
+
+        def undo() -> None:
+            if had:
+                model.generate = previous
+            else:
+                model.__dict__.pop("generate", None)
+
+        self._undo.append(undo)
+
+    # --------------------------------------------------------------------------------------- runtime
+
+    def _reduces(self) -> bool:
+        return self._reduces_before or self.strategy.scheduler is not None
+
+    def _guard_generate(self, kwargs: dict[str, Any]) -> None:
+        if not self._reduces():
+            return
+        if any(kwargs.get(k) is not None for k in _ASSISTED):
+            raise UnsupportedModeError("assisted/speculative decoding cannot be combined with tokred's token reduction")
+        cfg = kwargs.get("generation_config") or getattr(self.model, "generation_config", None)
+        if getattr(cfg, "prefill_chunk_size", None) or kwargs.get("prefill_chunk_size"):
+            raise UnsupportedModeError("chunked prefill cannot be combined with tokred's token reduction")
+        impl = kwargs.get("cache_implementation") or getattr(cfg, "cache_implementation", None)
+        if impl in _STATIC:
+            raise UnsupportedModeError(
+                f"cache_implementation={impl!r} cannot hold per-layer lengths; tokred needs the default DynamicCache"
+            )
+
+    def _generate(self, original: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        self._guard_generate(kwargs)
+        if args and torch.is_tensor(args[0]) and "input_ids" not in kwargs:
+            kwargs["input_ids"], args = args[0], args[1:]
+        if "inputs" in kwargs and "input_ids" not in kwargs:
+            kwargs["input_ids"] = kwargs.pop("inputs")
+        ids = kwargs.get("input_ids")
+        if not (self._reduces_before and ids is not None and self.adapter.has_pixels(kwargs)):
+            return original(*args, **kwargs)
+        new = self._prellm.transform(dict(kwargs))
+        self._state.prepared_ids, self._state.prepared_visual = new["input_ids"], self._state.pending_visual
+        self._state.prepared_visual_in = self._state.pending_visual_in
+        try:
+            out = original(*args, **new)
+        finally:
+            self._state.prepared_ids = self._state.prepared_visual = None
+        return _restore_prompt(out, ids, new["input_ids"].shape[1])
+
+    def _base_pre(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if args:  # bind positional inputs by name (some families call their base model positionally)
+            names = list(inspect.signature(module.forward).parameters)
+            kwargs = {**kwargs, **dict(zip(names, args))}
+        kwargs = self._prepare_prefill(kwargs)
+        return (), kwargs
+
+    def _prepare_prefill(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Base-model inputs of a prefill: pre-LLM reduction and the visual mask for the in-LLM stage."""
+        cache = kwargs.get("past_key_values")
+        if cache is not None and cache.get_seq_length() > 0:
+            return kwargs
+        ids = kwargs.get("input_ids")
+        st = self._state
+        if ids is None:
+            if self._reduces() and kwargs.get("inputs_embeds") is not None:
+                raise UnsupportedModeError(
+                    "tokred finds visual tokens in input_ids; pass input_ids (not inputs_embeds) to a patched model"
+                )
+            return kwargs
+        if st.prepared_ids is not None and st.prepared_ids.shape == ids.shape and torch.equal(st.prepared_ids, ids):
+            st.pending_visual, st.pending_pad = st.prepared_visual, kwargs.get("attention_mask")
+            st.pending_visual_in = st.prepared_visual_in
+            return kwargs
+        if self._needs_features and self.adapter.has_pixels(kwargs):
+            if self._reduces_before:
+                return self._prellm.transform(dict(kwargs))
+            return self._analyse(dict(kwargs))
+        self._pending_from_ids(ids, kwargs)
+        return kwargs
+
+    def _analyse(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """No pre-LLM reduction but the family has text-like placeholder rows: compute features once, mark them."""
+        out, enc = self._prellm.features(kwargs)
+        for key in list(enc):
+            if key.startswith("pixel_values"):
+                kwargs.pop(key)
+        mm = dict(kwargs.get("mm_encoder_outputs") or {})
+        mm["image"] = out
+        kwargs["mm_encoder_outputs"] = mm
+        self._pending_from_ids(kwargs["input_ids"], kwargs)
+        return kwargs
+
+    def _pending_from_ids(self, ids: torch.Tensor, kwargs: dict[str, Any]) -> None:
+        visual = self.adapter.visual_mask(ids)  # (B, N)
+        mm = kwargs.get("mm_encoder_outputs") or {}
+        out = mm.get("image") if isinstance(mm, dict) else None
+        if out is not None:
+            from tokred.pipeline._prellm import flatten_features
+
+            feats, _ = flatten_features(out.pooler_output)
+            flags = [self.adapter.text_like_rows(f) for f in feats]
+            if any(f is not None for f in flags):
+                slots = self.adapter.placeholder_mask(ids)
+                text_like = torch.cat([f if f is not None else torch.zeros(x.shape[0], dtype=torch.bool)
+                                       for f, x in zip(flags, feats)]).to(ids.device)
+                if int(slots.sum()) == text_like.numel():
+                    visual = visual.clone()
+                    visual[slots] = ~text_like
+        self._state.pending_visual = visual
+        mask = kwargs.get("attention_mask")
+        self._state.pending_pad = mask if torch.is_tensor(mask) and mask.dim() == 2 else None
+        self._state.pending_visual_in = int(visual.sum())
+
+
+def _restore_prompt(out: Any, ids: torch.Tensor, short_len: int) -> Any:
+    """Make ``generate()`` return the caller's original prompt followed by the new tokens."""
+    seqs = out if torch.is_tensor(out) else getattr(out, "sequences", None)
+    if seqs is None:
+        return out
+    prompt = ids.repeat_interleave(seqs.shape[0] // ids.shape[0], dim=0) if seqs.shape[0] != ids.shape[0] else ids
+    full = torch.cat([prompt.to(seqs.device), seqs[:, short_len:]], dim=1)
+    if torch.is_tensor(out):
+        return full
+    out.sequences = full
+    return out
+
+
+def patch(model: Any, strategy: str | Strategy = "none", *, attn_implementation: str | None = None,
+          **options: Any) -> PatchHandle:
+    """Instrument ``model`` with a token-reduction strategy.
+
+    Args:
+        model: A transformers multimodal model (``...ForConditionalGeneration``), e.g. from
+            [`tokred.testing.models.tiny_model`][tokred.testing.models.tiny_model].
+        strategy: A registered strategy name or a ready [`Strategy`][tokred.Strategy].
+        attn_implementation: Attention kernel the scorers wrap (``"sdpa"`` or ``"eager"``); default: the model's.
+            FlashAttention-2 raises ``UnsupportedModeError``.
+        **options: Strategy options, validated by its ``Config`` (only with a strategy name).
+
+    Returns:
+        A [`PatchHandle`][tokred.PatchHandle]: a context manager with ``remove()``, ``stats``, ``strategy`` and
+        ``adapter``.
+
+    Raises:
+        TokredError: If the model is already patched.
+        UnsupportedModelError: If no adapter handles the model, or the model has a feature the strategy's stages
+            cannot handle correctly (the model is left untouched).
+        UnsupportedModeError: For an attention implementation that cannot be wrapped.
+
+    Example:
+        >>> import tokred
+        >>> from tokred.testing.models import tiny_model
+        >>> model, make_inputs = tiny_model("llava")
+        >>> with tokred.patch(model, "fastv", keep_ratio=0.5) as handle:
+        ...     _ = model(**make_inputs())
+        >>> handle.stats.tokens_per_layer
+        [78, 78, 46, 46]
+    """
+    strat = create_strategy(strategy, **options)
+    existing = model.__dict__.get(HANDLE_ATTR)
+    if existing is not None:
+        raise TokredError(f"this model is already patched ({existing!r}); call remove() on that handle first")
+    if strat.prune_mode not in ("drop", "mask"):
+        raise ConfigError(f"unknown prune mode {strat.prune_mode!r}; use 'drop' or 'mask'")
+    adapter = select_adapter(model)
+    merger = strat.merger
+    reasons = adapter.refusals(
+        pre_llm=merger is not None, in_llm=strat.scheduler is not None,
+    ) if (merger is not None or strat.scheduler is not None) else []
+    if reasons:
+        raise UnsupportedModelError(
+            f"tokred cannot apply strategy '{strat.name}' to {type(model).__name__} (adapter '{adapter.name}'): "
+            + "; ".join(reasons)
+        )
+    handle = PatchHandle(model, strat, adapter, attn_implementation)
+    handle._install()
+    return handle

@@ -1,0 +1,228 @@
+"""In-LLM stage: forward pre-hooks on the decoder and its layers that drop (or mask) visual tokens.
+
+Reproduces the side-input plumbing of the transformers 5.23 decoder loops (``models/llama/modeling_llama.py``
+``LlamaModel.forward``; Qwen2, Qwen2-VL, Qwen2.5-VL, Gemma3 are the same): the decoder builds the mask, the RoPE
+cos/sin and the position ids once for the full sequence and passes them unchanged to every layer, and only the hidden
+states flow from layer to layer. So at a pruning layer the hook gathers the kept rows of the hidden states, and at
+every later layer it gathers the side inputs with the kept indices in *original* coordinates (cos/sin on dim -2,
+position ids on the last dim, materialised 4-D masks on rows and columns; in decode steps only mask columns, through
+``cat(keep, generated)``). Layer 0 is never pruned, so the stock ``DynamicCache`` keeps reporting original lengths
+(positions and mask sizes stay right) while every pruned layer's cache holds only its kept tokens.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+from torch.utils.hooks import RemovableHandle
+
+from tokred.errors import UnsupportedModeError
+from tokred.ops import gather_tokens, topk_keep
+from tokred.pipeline._state import RunState
+
+
+def gather_seq(t: torch.Tensor, idx: torch.Tensor, dim: int, batch_dim: int | None = None) -> torch.Tensor:
+    """Gather sequence positions ``idx`` (B, K) of ``t`` along ``dim``.
+
+    Args:
+        t: Any tensor with a sequence dim and a batch dim (of size B or 1, expanded to B).
+        idx: Positions per sample, shape (B, K).
+        dim: Sequence dim (negative).
+        batch_dim: Batch dim (negative); default ``dim - 1``. Dims before it (e.g. the 3 M-RoPE rows) broadcast.
+
+    Returns:
+        ``t`` with ``dim`` of size K.
+    """
+    nd = t.dim()
+    d = nd + dim
+    bd = nd + (dim - 1 if batch_dim is None else batch_dim)
+    b, k = idx.shape
+    if t.shape[bd] == 1 and b > 1:
+        t = t.expand(*t.shape[:bd], b, *t.shape[bd + 1:])
+    shape = [1] * nd
+    shape[bd], shape[d] = b, k
+    index = idx.view(shape).expand(*t.shape[:d], k, *t.shape[d + 1:])
+    return t.gather(d, index)
+
+
+def _hidden(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
+    return args[0] if args else kwargs["hidden_states"]  # type: ignore[no-any-return]
+
+
+def _with_hidden(args: tuple[Any, ...], kwargs: dict[str, Any], h: torch.Tensor) -> tuple[Any, ...]:
+    if args:
+        return (h, *args[1:])
+    kwargs["hidden_states"] = h
+    return args
+
+
+class InLLMStage:
+    """Installs and runs the decoder and layer hooks of one patch.
+
+    Args:
+        adapter: The model adapter.
+        state: The run state shared with the other stages.
+    """
+
+    def __init__(self, adapter: Any, state: RunState) -> None:
+        self.adapter = adapter
+        self.state = state
+        self.windows = adapter.sliding_windows()
+
+    def install(self) -> list[RemovableHandle]:
+        """Register the hooks; returns their handles."""
+        dec = self.adapter.decoder
+        handles = [
+            dec.register_forward_pre_hook(self._decoder_pre, with_kwargs=True),
+            dec.register_forward_hook(self._decoder_post),
+        ]
+        for i, layer in enumerate(dec.layers):
+            handles.append(layer.register_forward_pre_hook(functools.partial(self._layer_pre, i), with_kwargs=True))
+        return handles
+
+    # --------------------------------------------------------------------------------------- decoder
+
+    def _decoder_pre(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...] | None:
+        emb = kwargs.get("inputs_embeds")
+        if emb is None:
+            return None  # called with input_ids only (text path): nothing visual to reduce
+        b, q = emb.shape[:2]
+        cache = kwargs.get("past_key_values")
+        past = cache.get_seq_length() if cache is not None else 0
+        st = self.state
+        if past == 0:
+            st.begin_prefill(b, q, emb.device)
+            if st.pruning:
+                self._guard_prefill(cache, q)
+                if kwargs.get("attention_mask") is None:  # never rely on packed-sequence detection
+                    kwargs["attention_mask"] = torch.ones(b, q, dtype=torch.long, device=emb.device)
+            return args, kwargs  # type: ignore[return-value]
+        if st.phase != "decode" or not st.pruning:
+            return None
+        if q != 1:
+            raise UnsupportedModeError(
+                f"a {q}-token step on a non-empty cache (chunked prefill, assisted/speculative decoding or continuing "
+                "a conversation) cannot be combined with in-LLM pruning: pruned layers hold different tokens than "
+                "layer 0. Use plain generate() with one prompt per call"
+            )
+        self._guard_window(past + q)
+        st.decode_kv = past + q
+        return None
+
+    def _guard_prefill(self, cache: Any, q: int) -> None:
+        if torch.compiler.is_compiling():
+            raise UnsupportedModeError("torch.compile cannot trace tokred's data-dependent pruning; run uncompiled")
+        if cache is not None:
+            from transformers.cache_utils import DynamicCache, DynamicLayer
+
+            if not isinstance(cache, DynamicCache) or not all(isinstance(x, DynamicLayer) for x in cache.layers):
+                raise UnsupportedModeError(
+                    f"in-LLM pruning needs a DynamicCache, got {type(cache).__name__} (static caches give every layer "
+                    "the length of layer 0); use the default cache (no cache_implementation='static')"
+                )
+        self._guard_window(q)
+
+    def _guard_window(self, total: int) -> None:
+        limits = [w for w in self.windows if w]
+        if limits and total > min(limits) - 1:
+            raise UnsupportedModeError(
+                f"the sequence ({total} tokens) exceeds the sliding window ({min(limits)}) of some decoder layers; "
+                "pruned sliding-window layers would evict by physical rather than original distance. Shorten the "
+                "prompt/generation or use a strategy without in-LLM pruning"
+            )
+
+    def _decoder_post(self, module: Any, args: tuple[Any, ...], output: Any) -> None:
+        if self.state.phase == "prefill":
+            self.state.end_prefill()
+
+    # --------------------------------------------------------------------------------------- layers
+
+    def _layer_pre(self, i: int, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        st = self.state
+        if st.phase == "prefill":
+            h = _hidden(args, kwargs)
+            if i in st.prune_layers:
+                h = self._prune(i, h)
+                args = _with_hidden(args, kwargs, h)
+            st.record_layer(i, h.shape[1])
+            if st.keep is not None:
+                self._gather_prefill(kwargs, st.keep)
+            elif st.allowed is not None:
+                self._mask_keys(kwargs, st.allowed, prefill=True)
+            return args, kwargs
+        if st.phase == "decode" and st.pruning:
+            keep, allowed = st.layer_keep[i], st.layer_allowed[i]
+            if keep is not None:
+                self._gather_decode(kwargs, keep)
+            elif allowed is not None:
+                self._mask_keys(kwargs, allowed, prefill=False)
+            return args, kwargs
+        return None
+
+    def _prune(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        """Select the tokens layer ``i`` keeps, from scores of layer ``i - 1``; returns the hidden states it gets."""
+        st = self.state
+        scorer = st.strategy.scorer
+        assert scorer is not None
+        scores = scorer.score(st.score_context(i, h)).float()  # (B, N_cur)
+        scores = torch.nan_to_num(scores, nan=float("-inf"))
+        if st.allowed is not None:  # mask mode: never revive a pruned token
+            scores = scores.masked_fill(~st.allowed, float("-inf"))
+        local = topk_keep(scores, st.budgets[i], protected=~st.cur_visual)  # (B, K) ascending
+        if st.mode == "mask":
+            base = st.allowed if st.allowed is not None else torch.ones_like(st.cur_visual)
+            st.allowed = torch.zeros_like(base).scatter(1, local, True) & base
+            st.kept_indices[i] = local
+            return h
+        st.keep = local if st.keep is None else st.keep.gather(1, local)
+        st.kept_indices[i] = st.keep
+        st.cur_visual = st.cur_visual.gather(1, local)
+        st.cur_pad = st.cur_pad.gather(1, local)
+        return gather_tokens(h, local)  # (B, K, C)
+
+    def _gather_prefill(self, kwargs: dict[str, Any], keep: torch.Tensor) -> None:
+        n = self.state.prompt_len
+        pe = kwargs.get("position_embeddings")
+        if isinstance(pe, tuple):
+            kwargs["position_embeddings"] = tuple(
+                gather_seq(t, keep, -2) if torch.is_tensor(t) and t.shape[-2] == n else t for t in pe
+            )
+        pid = kwargs.get("position_ids")
+        if torch.is_tensor(pid) and pid.shape[-1] == n:
+            kwargs["position_ids"] = gather_seq(pid, keep, -1)
+        mask = kwargs.get("attention_mask")
+        if torch.is_tensor(mask):
+            if mask.dim() == 4:
+                kwargs["attention_mask"] = gather_seq(gather_seq(mask, keep, -1, -4), keep, -2, -4)
+            elif mask.dim() == 2:
+                kwargs["attention_mask"] = gather_seq(mask, keep, -1)
+
+    def _kv_map(self, keep: torch.Tensor, kv: int) -> torch.Tensor:
+        """Original key positions a pruned layer holds in decode: its kept prompt tokens, then the generated ones."""
+        gen = torch.arange(self.state.prompt_len, kv, device=keep.device).expand(keep.shape[0], -1)
+        return torch.cat([keep, gen], dim=1)  # (B, K + generated)
+
+    def _gather_decode(self, kwargs: dict[str, Any], keep: torch.Tensor) -> None:
+        mask = kwargs.get("attention_mask")
+        if torch.is_tensor(mask) and mask.dim() in (2, 4):
+            kwargs["attention_mask"] = gather_seq(mask, self._kv_map(keep, mask.shape[-1]), -1, -mask.dim())
+
+    def _mask_keys(self, kwargs: dict[str, Any], allowed: torch.Tensor, prefill: bool) -> None:
+        """Mask mode (AIM parity): hide pruned prompt tokens as keys; a token always sees itself (no empty rows)."""
+        h_len = self.state.prompt_len if prefill else 1
+        kv = self.state.prompt_len if prefill else self.state.decode_kv
+        b = allowed.shape[0]
+        mask = kwargs.get("attention_mask")
+        if not torch.is_tensor(mask) or mask.dim() != 4:
+            qpos = torch.arange(kv - h_len, kv, device=allowed.device)
+            mask = (torch.arange(kv, device=allowed.device)[None, :] <= qpos[:, None])[None, None]  # (1, 1, q, kv)
+        gen = torch.ones(b, kv - allowed.shape[1], dtype=torch.bool, device=allowed.device)
+        keys = torch.cat([allowed, gen], dim=1)[:, None, None, :]  # (B, 1, 1, kv)
+        if prefill:
+            keys = keys | torch.eye(kv, dtype=torch.bool, device=allowed.device)[None, None]  # (B, 1, q, kv)
+        if mask.dtype == torch.bool:
+            kwargs["attention_mask"] = mask & keys
+        else:
+            kwargs["attention_mask"] = mask.masked_fill(~keys, torch.finfo(mask.dtype).min)

@@ -1,0 +1,201 @@
+"""Pre-LLM stage: reduce each image's projected features and shorten the token inputs to match.
+
+Works on the forward kwargs of the model's base model (transformers 5.23: ``LlavaModel.forward`` and its siblings,
+which accept ``mm_encoder_outputs``; ``generation/utils.py``
+``GenerativePreTrainedModel._prepare_multimodal_encoder_kwargs_for_generation`` computes the features the same way):
+the features come from the stock ``get_image_features`` (with the kwargs its signature names, as ``generate()`` does),
+the merger reduces each image on its own, and ``input_ids``, ``attention_mask``, ``token_type_ids`` /
+``mm_token_type_ids`` and (M-RoPE) positions are rebuilt consistently. The reduced features go to the model as
+``mm_encoder_outputs``. Samples whose shortened lengths differ are re-padded on the left.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from tokred._components import BaseMerger, MergeContext
+from tokred.errors import ConfigError, UnsupportedModeError
+
+
+@dataclass
+class ImagePlan:
+    """One image after the merger: its features, the original row each output stands for, and its kind."""
+
+    features: torch.Tensor  # (m, C)
+    rep: torch.Tensor  # (m,) original row of each output (its first source)
+    visual: torch.Tensor  # (m,) bool: reducible visual content (False: text-like rows such as newlines)
+    grid: tuple[int, int] | None
+
+
+def flatten_features(pooler: Any) -> tuple[list[torch.Tensor], Callable[[list[torch.Tensor]], Any]]:
+    """Split ``pooler_output`` into per-image (n_i, C) tensors and return a function that packs them back alike."""
+    if isinstance(pooler, (list, tuple)):
+        flat = [t for x in pooler for t in (x if x.dim() == 3 else [x])]
+        return flat, lambda items: list(items)
+    if pooler.dim() == 2:
+        return [pooler], lambda items: torch.cat(items, 0)
+    flat = list(pooler.unbind(0))
+
+    def pack(items: list[torch.Tensor]) -> torch.Tensor:
+        if len({t.shape[0] for t in items}) == 1:
+            return torch.stack(items, 0)  # (n_img, m, C)
+        return torch.cat(items, 0)[None]  # (1, sum m, C): the models only scatter numel-wise
+
+    return flat, pack
+
+
+def _first_source(source: torch.Tensor, m: int) -> torch.Tensor:
+    """For each of ``m`` outputs the smallest input index that went into it, shape (m,)."""
+    n = source.shape[0]
+    rep = torch.full((m,), n, dtype=torch.long, device=source.device)
+    ok = source >= 0
+    return rep.scatter_reduce(0, source[ok].long(), torch.arange(n, device=source.device)[ok], reduce="amin")
+
+
+def plan_image(
+    x: torch.Tensor, text_like: torch.Tensor | None, grid: tuple[int, int] | None, merger: BaseMerger | None
+) -> ImagePlan:
+    """Reduce one image's features ``x`` (n, C), keeping ``text_like`` rows untouched and in place."""
+    n = x.shape[0]
+    rows = torch.arange(n, device=x.device)
+    if text_like is None or not bool(text_like.any()):
+        text_like = torch.zeros(n, dtype=torch.bool, device=x.device)
+    if merger is None:
+        return ImagePlan(x, rows, ~text_like, grid)
+    content = rows[~text_like]  # (n_c,)
+    res = merger.merge(x[content][None], MergeContext(grid=grid if not bool(text_like.any()) else None))
+    merged = res.x[0]  # (m, C)
+    rep = content[_first_source(res.source[0], merged.shape[0]).clamp(max=content.shape[0] - 1)]  # (m,)
+    if not bool(text_like.any()):
+        return ImagePlan(merged, rep, torch.ones(merged.shape[0], dtype=torch.bool, device=x.device), res.grid)
+    # put merged outputs back between the kept text-like rows, ordered by their first source
+    feats = torch.cat([merged, x[text_like]], 0)
+    reps = torch.cat([rep, rows[text_like]], 0)
+    vis = torch.cat([torch.ones_like(rep, dtype=torch.bool), torch.zeros(int(text_like.sum()), dtype=torch.bool,
+                                                                       device=x.device)])
+    order = reps.argsort(stable=True)
+    return ImagePlan(feats[order], reps[order], vis[order], None)
+
+
+def _image_slots(placeholders: torch.Tensor, counts: list[int]) -> list[tuple[int, int, int]]:
+    """(sample, first position, original count) of every image, from the placeholder mask (B, N) in order."""
+    b_idx, pos = placeholders.nonzero(as_tuple=True)
+    if int(b_idx.numel()) != sum(counts):
+        raise UnsupportedModeError(
+            f"the prompt has {int(b_idx.numel())} image placeholders but the images produce {sum(counts)} features"
+        )
+    out, c = [], 0
+    for n in counts:
+        b, start, end = int(b_idx[c]), int(pos[c]), int(pos[c + n - 1])
+        if int(b_idx[c + n - 1]) != b or end - start != n - 1:
+            raise UnsupportedModeError("an image's placeholder tokens are not contiguous in one sample")
+        out.append((b, start, n))
+        c += n
+    return out
+
+
+class PreLLMStage:
+    """Reduces image features before the LLM and rebuilds the token inputs.
+
+    Args:
+        adapter: The model adapter.
+        merger: A ``pre_llm`` merger, or ``None`` (features are still analysed for text-like rows).
+        state: The run state (receives the visual mask of the shortened sequence).
+        original_counts: Called with the number of images, returns each image's placeholder count when an earlier
+            stage (the vision tower) already reduced the features; ``None`` when features match the placeholders.
+    """
+
+    def __init__(self, adapter: Any, merger: BaseMerger | None, state: Any,
+                 original_counts: Callable[[int, int], list[int] | None] | None = None) -> None:
+        self.adapter = adapter
+        self.merger = merger
+        self.state = state
+        self.original_counts = original_counts
+
+    def features(self, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """Run the stock ``get_image_features`` on the call's image inputs; returns its output and those inputs."""
+        enc = self.adapter.encoder_kwargs(kwargs)
+        with torch.no_grad():
+            out = self.adapter.base.get_image_features(**enc, return_dict=True)
+        return out, enc
+
+    def transform(self, kwargs: dict[str, Any], out: Any = None, enc: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Return new forward kwargs with reduced features in ``mm_encoder_outputs`` and shortened token inputs."""
+        if out is None:
+            out, enc = self.features(kwargs)
+            for key in enc:
+                kwargs.pop(key, None)
+        assert enc is not None
+        ids = kwargs["input_ids"]
+        feats, pack = flatten_features(out.pooler_output)
+        counts = [int(f.shape[0]) for f in feats]
+        orig = self.original_counts(len(feats), int(self.adapter.placeholder_mask(ids).sum())) if (
+            self.original_counts is not None) else None
+        grids = self.adapter.feature_grids(enc, counts)
+        plans = [plan_image(f, self.adapter.text_like_rows(f), g, self.merger) for f, g in zip(feats, grids)]
+        if orig is not None:  # the vision tower merged: outputs stand for the first slots of each image
+            plans = [ImagePlan(p.features, torch.arange(p.features.shape[0], device=ids.device), p.visual, None)
+                     for p in plans]
+        slots = _image_slots(self.adapter.placeholder_mask(ids), orig or counts)
+        src, valid, visual = self._layout(ids, slots, plans)
+        new = self._shorten(kwargs, enc, src, valid, plans)
+        out.pooler_output = pack([p.features for p in plans])
+        mm = dict(kwargs.get("mm_encoder_outputs") or {})
+        mm["image"] = out
+        new["mm_encoder_outputs"] = mm
+        other = self.adapter.visual_mask(new["input_ids"]) & ~self.adapter.placeholder_mask(new["input_ids"])
+        self.state.pending_visual = visual | other
+        self.state.pending_pad = new["attention_mask"].bool()
+        self.state.pending_visual_in = int(self.adapter.visual_mask(ids).sum())
+        return new
+
+    def _layout(
+        self, ids: torch.Tensor, slots: list[tuple[int, int, int]], plans: list[ImagePlan]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """For the shortened sequence: source position (B, N'), real-token mask (B, N') and visual mask (B, N')."""
+        b, n = ids.shape
+        dev = ids.device
+        rows: list[list[torch.Tensor]] = [[] for _ in range(b)]
+        vis: list[list[torch.Tensor]] = [[] for _ in range(b)]
+        cursor = [0] * b
+        for (s, start, count), plan in zip(slots, plans):
+            rows[s].append(torch.arange(cursor[s], start, device=dev))
+            vis[s].append(torch.zeros(start - cursor[s], dtype=torch.bool, device=dev))
+            rows[s].append(start + plan.rep.to(dev))
+            vis[s].append(plan.visual.to(dev))
+            cursor[s] = start + count
+        seqs = [torch.cat(r + [torch.arange(cursor[s], n, device=dev)]) for s, r in enumerate(rows)]
+        viss = [torch.cat(v + [torch.zeros(n - cursor[s], dtype=torch.bool, device=dev)]) for s, v in enumerate(vis)]
+        width = max(int(x.numel()) for x in seqs)
+        src = torch.zeros(b, width, dtype=torch.long, device=dev)
+        valid = torch.zeros(b, width, dtype=torch.bool, device=dev)
+        visual = torch.zeros(b, width, dtype=torch.bool, device=dev)
+        for s, (x, v) in enumerate(zip(seqs, viss)):  # left padding, as generate() expects
+            src[s, width - x.numel():], valid[s, width - x.numel():], visual[s, width - x.numel():] = x, True, v
+        return src, valid, visual
+
+    def _shorten(
+        self, kwargs: dict[str, Any], enc: dict[str, Any], src: torch.Tensor, valid: torch.Tensor,
+        plans: list[ImagePlan],
+    ) -> dict[str, Any]:
+        """Gather every per-token input at ``src``; added padding gets pad ids and a zero mask."""
+        if kwargs.get("position_ids") is not None:
+            raise ConfigError("explicit position_ids cannot be combined with a pre-LLM reduction (tokred rebuilds them)")
+        new = dict(kwargs)
+        ids = kwargs["input_ids"]
+        pad_id = getattr(self.adapter.text_config, "pad_token_id", None) or 0
+        new["input_ids"] = torch.where(valid, ids.gather(1, src), pad_id)
+        mask = kwargs.get("attention_mask")
+        mask = torch.ones_like(ids) if mask is None else mask
+        new["attention_mask"] = torch.where(valid, mask.gather(1, src), 0).to(mask.dtype)
+        for key in self.adapter.side_token_inputs():
+            if torch.is_tensor(kwargs.get(key)) and kwargs[key].shape == ids.shape:
+                new[key] = torch.where(valid, kwargs[key].gather(1, src), 0).to(kwargs[key].dtype)
+        pos = self.adapter.prellm_position_ids(kwargs | enc, enc, src, valid, [p.grid for p in plans])
+        if pos is not None:
+            new["position_ids"] = pos
+        return new
