@@ -124,9 +124,9 @@ class PatchHandle:
         self._undo.append(lambda: model.__dict__.pop(HANDLE_ATTR, None))
         h = adapter.base.register_forward_pre_hook(self._base_pre, with_kwargs=True)
         self._undo.append(h.remove)
+        for handle in InLLMStage(adapter, self._state).install():  # also records the stats when nothing is pruned
+            self._undo.append(handle.remove)
         if self.strategy.scheduler is not None:
-            for handle in InLLMStage(adapter, self._state).install():
-                self._undo.append(handle.remove)
             self._install_attention()
         if self._vision is not None:
             for undo in self._vision.install():

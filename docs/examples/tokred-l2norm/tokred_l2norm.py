@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import torch
 from pydantic import Field
+from tokred.schedules.one_shot import OneShotScheduler
 
 import tokred
 
@@ -49,8 +50,8 @@ class L2NormStrategy(tokred.Strategy):
 
     def build(self) -> tuple[tokred.BaseMerger | None, tokred.BaseScorer | None, tokred.BaseScheduler | None]:
         c = self.config
-        scheduler = tokred.create_component("scheduler", "one-shot", layer=c.layer, keep_ratio=c.keep_ratio)
-        return None, L2NormScorer(power=c.power), scheduler  # type: ignore[return-value]
+        scheduler = OneShotScheduler(layer=c.layer, keep_ratio=c.keep_ratio)  # the built-in "one-shot" scheduler
+        return None, L2NormScorer(power=c.power), scheduler
 
 
 @tokred.hookimpl

@@ -1,0 +1,132 @@
+"""End-to-end tests of tokred.patch on tiny models of every supported family."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import reference_last_logits
+
+import tokred
+from tokred.pipeline import patch
+
+pytestmark = pytest.mark.integration
+
+GEN = dict(max_new_tokens=3, do_sample=False)
+PRUNING = [
+    pytest.param("fastv", dict(layer=2, keep_ratio=0.5), id="fastv"),
+    pytest.param("random", dict(layer=2, keep_ratio=0.5, seed=3), id="random-layer2"),
+    pytest.param("aim-prune", dict(l1=1, l2=4), id="aim-prune-3-stages"),
+]
+
+
+def _generate(model, inputs, **kw):
+    with torch.no_grad():
+        return model.generate(**inputs, **GEN, output_logits=True, return_dict_in_generate=True, **kw)
+
+
+@pytest.mark.parametrize("strategy,options", [("none", {}), ("fastv", dict(keep_ratio=1.0)),
+                                              ("fastv", dict(keep_ratio=1.0, layer=1))])
+def test_keep_everything_is_bitwise_identical(tiny, strategy, options):
+    model, make = tiny
+    inputs = make(batch=2)
+    with torch.no_grad():
+        ref = model(**inputs).logits
+        ref_gen = _generate(model, inputs)
+        with patch(model, strategy, **options) as handle:
+            out = model(**inputs).logits
+            gen = _generate(model, inputs)
+            assert handle.stats.tokens_per_layer == [inputs["input_ids"].shape[1]] * 4
+        after = model(**inputs).logits
+    assert torch.equal(out, ref)
+    assert torch.equal(gen.sequences, ref_gen.sequences)
+    assert all(torch.equal(a, b) for a, b in zip(gen.logits, ref_gen.logits))
+    assert torch.equal(after, ref)
+
+
+@pytest.mark.parametrize("strategy,options", PRUNING)
+def test_in_llm_generate_matches_no_cache_reference(tiny, strategy, options):
+    model, make = tiny
+    inputs = make(batch=1)
+    n = inputs["input_ids"].shape[1]
+    with patch(model, strategy, **options) as handle:
+        out = _generate(model, inputs)
+        stats = handle.stats
+    keeps = stats.kept_indices
+    assert keeps, "nothing was pruned"
+    visual = tokred.pipeline.select_adapter(model).visual_mask(inputs["input_ids"])
+    for layer, keep in keeps.items():
+        kept_mask = torch.zeros_like(visual).scatter(1, keep, True)
+        assert bool(kept_mask[~visual].all()), "a text token was dropped"
+        assert bool((keep.diff(dim=1) > 0).all()), "kept indices must be ascending original positions"
+        assert stats.tokens_per_layer[layer] == keep.shape[1]
+    seqs = out.sequences
+    for step, logits in enumerate(out.logits):
+        full = dict(inputs)
+        full["input_ids"] = seqs[:, : n + step]
+        full["attention_mask"] = torch.ones_like(full["input_ids"])
+        for key in ("token_type_ids", "mm_token_type_ids"):
+            if key in full:
+                full[key] = torch.nn.functional.pad(full[key], (0, step))
+        ref = reference_last_logits(model, full, keeps, n)
+        assert (logits - ref).abs().max().item() <= 1e-5, f"step {step}"
+
+
+@pytest.mark.parametrize("strategy,options", PRUNING[:2])
+def test_pruned_layer_cache_holds_only_kept_tokens(tiny, strategy, options):
+    model, make = tiny
+    inputs = make(batch=2)
+    n = inputs["input_ids"].shape[1]
+    with patch(model, strategy, **options) as handle, torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=3, do_sample=False, return_dict_in_generate=True)
+        cache = out.past_key_values
+        lengths = [layer.keys.shape[-2] for layer in cache.layers]
+        tokens = handle.stats.tokens_per_layer
+    generated = 2  # the last token is never fed back
+    assert lengths == [t + generated for t in tokens]
+    assert lengths[0] == n + generated and min(lengths) < n + generated
+
+
+@pytest.mark.parametrize("strategy,options", PRUNING[:2])
+def test_left_padded_batch_equals_single_runs(tiny, strategy, options):
+    model, make = tiny
+    batch = make(batch=3)
+    with patch(model, strategy, **options):
+        out = _generate(model, batch)
+        singles = []
+        for b in range(3):
+            keep = batch["attention_mask"][b].bool()
+            one = {k: (v[b: b + 1][:, keep] if k in ("input_ids", "attention_mask", "token_type_ids",
+                                                      "mm_token_type_ids") else v) for k, v in batch.items()}
+            one.update(_sample_images(batch, b))
+            singles.append(_generate(model, one))
+    for b, single in enumerate(singles):
+        for step, logits in enumerate(out.logits):
+            assert (logits[b] - single.logits[step][0]).abs().max().item() <= 1e-5
+
+
+def _sample_images(batch, b):
+    """Per-sample image inputs of the tiny builders (one image per sample)."""
+    out = {}
+    for key, value in batch.items():
+        if key in ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids"):
+            continue
+        if key == "pixel_values" and value.dim() == 2:  # Qwen: patches of all images stacked
+            per = value.shape[0] // batch["input_ids"].shape[0]
+            out[key] = value[b * per: (b + 1) * per]
+        else:
+            out[key] = value[b: b + 1]
+    return out
+
+
+def test_mask_mode_matches_drop_mode_prefill(tiny):
+    model, make = tiny
+    inputs = make(batch=2)
+    with torch.no_grad():
+        with patch(model, "aim-prune", l1=1, l2=4) as drop:
+            a = model(**inputs).logits[:, -1]
+            keeps = drop.stats.kept_indices
+        with patch(model, "aim-prune", l1=1, l2=4, mode="mask") as mask:
+            b = model(**inputs).logits[:, -1]
+            assert mask.stats.tokens_per_layer == [inputs["input_ids"].shape[1]] * 4
+            assert all(torch.equal(keeps[i], mask.stats.kept_indices[i]) for i in keeps)
+    assert (a - b).abs().max().item() <= 1e-5
