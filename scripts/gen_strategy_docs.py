@@ -3,8 +3,8 @@
 For every built-in strategy, merger, scorer and scheduler this writes ``docs/_options/<kind>/<name>.md``: the
 options of its ``Config`` (type, default, bounds, description: the same source as ``tokred list --options``), and for
 strategies the budget knob and the components built with the default options. ``docs/_options/<kind>.md`` is an
-overview table of the kind. The pages include these files with ``--8<--`` snippets; ``tests/docs`` fails when they
-drift from the code.
+overview table of the kind, and ``docs/_options/adapters.md`` the table of built-in model adapters. The pages include
+these files with ``--8<--`` snippets; ``tests/docs`` fails when they drift from the code.
 
 Usage:
     python scripts/gen_strategy_docs.py            # check (default): exit 1 and show a diff if anything drifted
@@ -54,12 +54,14 @@ def options_table(config_cls: type) -> str:
     options = describe_options(config_cls)
     if not options:
         return "No options.\n"
-    lines = ["| option | type | default | bounds | description |", "| --- | --- | --- | --- | --- |"]
+    lines = ['<div class="tokred-options" markdown>', ""]  # styled by docs/stylesheets/extra.css
+    lines += ["| option | type | default | bounds | description |", "| --- | --- | --- | --- | --- |"]
     for o in options:
         bounds = f"`{o['bounds']}`" if o["bounds"] else "—"
         lines.append(
             f"| `{o['name']}` | `{o['type']}` | {_code(o['default'])} | {bounds} | {_cell(o['description'])} |"
         )
+    lines += ["", "</div>"]
     return "\n".join(lines) + "\n"
 
 
@@ -128,9 +130,27 @@ def overview(kind: str, classes: list[type]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def adapters_table() -> str:
+    """The registered built-in model adapters: name, families, what the adapter handles."""
+    from tokred._plugins import DEFAULT_PLUGINS, get_registries
+
+    reg = get_registries().adapters
+    lines = [_header("the registered built-in model adapters"), "| adapter | families | what it handles |"]
+    lines.append("| --- | --- | --- |")
+    for name in reg.names():
+        cls = reg.get(name)
+        if reg.plugin(name) not in DEFAULT_PLUGINS:
+            continue
+        summary = " ".join((cls.__doc__ or "").split("\n\n")[0].split())
+        public = cls.__qualname__ in getattr(sys.modules["tokred.adapters"], "__all__", ())
+        path = f"tokred.adapters.{cls.__qualname__}" if public else f"{cls.__module__}.{cls.__qualname__}"
+        lines.append(f"| `{name}` ([`{cls.__qualname__}`][{path}]) | {_cell(cls.families)} | {_cell(summary)} |")
+    return "\n".join(lines) + "\n"
+
+
 def render() -> dict[Path, str]:
     """Every generated file and its content."""
-    files: dict[Path, str] = {}
+    files: dict[Path, str] = {OUT / "adapters.md": adapters_table()}
     for kind, classes in builtin_classes().items():
         files[OUT / f"{kind}.md"] = overview(kind, classes)
         for cls in classes:

@@ -8,6 +8,14 @@
     and, once griffe has loaded ``tokred``, loads each mapped folder and attaches it as a submodule, so
     ``::: tokred.strategies.fastv`` and cross-references to ``tokred.schedules.linear.LinearScheduler`` resolve.
 
+``LazyExports``
+    ``tokred`` exports ``patch``, ``PatchHandle`` and ``ReductionStats`` lazily through a module ``__getattr__`` (so
+    that ``import tokred`` stays torch-free), which a static reader cannot see. Configured with
+    ``{package: source module}``, this extension adds, for every name in the package's ``__all__`` that is not
+    defined statically, an alias to the object of the same name in the source module; ``::: tokred.patch`` and
+    ``[tokred.patch][]`` then resolve. Names the package defines itself (e.g. behind ``if TYPE_CHECKING:``) are left
+    alone.
+
 ``DocstringCompat``
     Reads the docstrings the way Napoleon (Sphinx's Google-style parser) does, without touching the sources:
 
@@ -54,6 +62,27 @@ class PackageDirMapping(griffe.Extension):
             # submodules itself (griffelib 2.4). If it changes, the strict docs build fails loudly.
             module = loader._load_module(name, folder / "__init__.py", submodules=True, parent=pkg)
             pkg.set_member(name, module)
+
+
+class LazyExports(griffe.Extension):
+    """Alias names of ``__all__`` that a package provides through a module ``__getattr__`` (see the module docstring).
+
+    Args:
+        packages: ``{package: module}``: the module (loaded as part of the package) that defines the lazy names.
+    """
+
+    def __init__(self, packages: dict[str, str] | None = None) -> None:
+        super().__init__()
+        self.packages = packages or {}
+
+    def on_package(self, *, pkg: griffe.Module, loader: griffe.GriffeLoader, **kwargs: Any) -> None:
+        source = self.packages.get(pkg.path)
+        if source is None or pkg.exports is None:
+            return
+        module = pkg.modules_collection.get_member(source)
+        for name in pkg.exports:
+            if isinstance(name, str) and name not in pkg.members and name in module.members:
+                pkg.set_member(name, griffe.Alias(name, f"{source}.{name}", parent=pkg))
 
 
 _EXAMPLE = re.compile(r"^(?P<indent>[ \t]*)Example:[ \t]*$", re.MULTILINE)

@@ -10,6 +10,8 @@ Example:
 
 from __future__ import annotations
 
+from typing import Any
+
 from tokred._api import create_component, create_strategy, get_strategy_class, list_components, list_strategies
 from tokred._components import (
     BaseMerger,
@@ -48,6 +50,8 @@ __all__ = [
     "MergeContext",
     "MergeResult",
     "Merger",
+    "PatchHandle",
+    "ReductionStats",
     "RegistrationError",
     "ScoreContext",
     "Scheduler",
@@ -65,4 +69,14 @@ __all__ = [
     "hookimpl",
     "list_components",
     "list_strategies",
+    "patch",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Lazy access to the pipeline (``patch``, ``PatchHandle``, ``ReductionStats``): importing tokred stays torch-free."""
+    if name in ("patch", "PatchHandle", "ReductionStats"):
+        import tokred.pipeline
+
+        return getattr(tokred.pipeline, name)
+    raise AttributeError(f"module 'tokred' has no attribute {name!r}")

@@ -15,11 +15,20 @@ import torch
 
 from tokred.testing.models import tiny_model
 
-FAMILIES = ["llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm", "internvl",
-            "gemma3"]
+FAMILIES = [
+    "llava",
+    "llava_next",
+    "llava_onevision",
+    "qwen2_vl",
+    "qwen2_5_vl",
+    "idefics3",
+    "smolvlm",
+    "internvl",
+    "gemma3",
+]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cached(family: str):
     return tiny_model(family)
 
@@ -50,8 +59,10 @@ def _capture_decoder_inputs(model, inputs):
         layers[i] = (kwargs.get("position_embeddings"), kwargs.get("attention_mask"))
 
     handles = [dec.register_forward_pre_hook(dec_hook, with_kwargs=True)]
-    handles += [layer.register_forward_pre_hook(functools.partial(layer_hook, i), with_kwargs=True)
-                for i, layer in enumerate(dec.layers)]
+    handles += [
+        layer.register_forward_pre_hook(functools.partial(layer_hook, i), with_kwargs=True)
+        for i, layer in enumerate(dec.layers)
+    ]
     try:
         with torch.no_grad():
             model(**inputs, use_cache=False)
@@ -68,7 +79,7 @@ def _gather(t, idx, dim):
         t = t.expand(b, *t.shape[1:])
     shape = [1] * t.dim()
     shape[0], shape[dim] = b, k
-    return t.gather(dim, idx.view(shape).expand(*t.shape[:dim], k, *t.shape[dim + 1:]))
+    return t.gather(dim, idx.view(shape).expand(*t.shape[:dim], k, *t.shape[dim + 1 :]))
 
 
 def reference_last_logits(model, inputs, keeps: dict[int, torch.Tensor], prompt_len: int):
@@ -97,8 +108,14 @@ def reference_last_logits(model, inputs, keeps: dict[int, torch.Tensor], prompt_
                 mask = torch.ones(k, k, dtype=torch.bool).tril()[None, None].expand(b, 1, k, k)
             else:
                 mask = _gather(_gather(mask, active, 2), active, 3)
-            out = layer(_gather(h, active, 1), attention_mask=mask, position_embeddings=pe_sub, position_ids=None,
-                        past_key_values=None, use_cache=False)
+            out = layer(
+                _gather(h, active, 1),
+                attention_mask=mask,
+                position_embeddings=pe_sub,
+                position_ids=None,
+                past_key_values=None,
+                use_cache=False,
+            )
             out = out[0] if isinstance(out, tuple) else out
             h = h.scatter(1, active[:, :, None].expand(-1, -1, h.shape[-1]), out)
         last = dec.norm(h[:, -1:])

@@ -24,8 +24,9 @@ def _generate(model, inputs, **kw):
         return model.generate(**inputs, **GEN, output_logits=True, return_dict_in_generate=True, **kw)
 
 
-@pytest.mark.parametrize("strategy,options", [("none", {}), ("fastv", dict(keep_ratio=1.0)),
-                                              ("fastv", dict(keep_ratio=1.0, layer=1))])
+@pytest.mark.parametrize(
+    "strategy,options", [("none", {}), ("fastv", dict(keep_ratio=1.0)), ("fastv", dict(keep_ratio=1.0, layer=1))]
+)
 def test_keep_everything_is_bitwise_identical(tiny, strategy, options):
     model, make = tiny
     inputs = make(batch=2)
@@ -95,8 +96,14 @@ def test_left_padded_batch_equals_single_runs(tiny, strategy, options):
         singles = []
         for b in range(3):
             keep = batch["attention_mask"][b].bool()
-            one = {k: (v[b: b + 1][:, keep] if k in ("input_ids", "attention_mask", "token_type_ids",
-                                                      "mm_token_type_ids") else v) for k, v in batch.items()}
+            one = {
+                k: (
+                    v[b : b + 1][:, keep]
+                    if k in ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
+                    else v
+                )
+                for k, v in batch.items()
+            }
             one.update(_sample_images(batch, b))
             singles.append(_generate(model, one))
     for b, single in enumerate(singles):
@@ -112,9 +119,9 @@ def _sample_images(batch, b):
             continue
         if key == "pixel_values" and value.dim() == 2:  # Qwen: patches of all images stacked
             per = value.shape[0] // batch["input_ids"].shape[0]
-            out[key] = value[b * per: (b + 1) * per]
+            out[key] = value[b * per : (b + 1) * per]
         else:
-            out[key] = value[b: b + 1]
+            out[key] = value[b : b + 1]
     return out
 
 

@@ -104,11 +104,15 @@ class ModelAdapter:
         layer_types = list(getattr(self.text_config, "layer_types", None) or [])
         odd = sorted({t for t in layer_types if t not in ("full_attention", "sliding_attention")})
         if odd:
-            reasons.append(f"the decoder has recurrent/convolution layers ({', '.join(odd)}) whose state is not a KV cache")
+            reasons.append(
+                f"the decoder has recurrent/convolution layers ({', '.join(odd)}) whose state is not a KV cache"
+            )
         if (in_llm or pre_llm) and self.bidirectional_image_attention() and not self.handles_bidirectional:
             reasons.append("image tokens attend bidirectionally within their span and no family adapter handles it")
         if pre_llm and self.uses_mrope() and not self.recomputes_mrope:
-            reasons.append("it uses M-RoPE positions, which a pre-LLM reduction changes and no family adapter recomputes")
+            reasons.append(
+                "it uses M-RoPE positions, which a pre-LLM reduction changes and no family adapter recomputes"
+            )
         return reasons
 
     def uses_mrope(self) -> bool:
@@ -189,7 +193,11 @@ class ModelAdapter:
         return ("token_type_ids", "mm_token_type_ids")
 
     def prellm_position_ids(
-        self, kwargs: dict[str, Any], enc_kwargs: dict[str, Any], src_index: torch.Tensor, valid: torch.Tensor,
+        self,
+        kwargs: dict[str, Any],
+        enc_kwargs: dict[str, Any],
+        src_index: torch.Tensor,
+        valid: torch.Tensor,
         new_grids: list[tuple[int, int] | None],
     ) -> torch.Tensor | None:
         """Position ids for the shortened sequence, or ``None`` to let the model number it contiguously.

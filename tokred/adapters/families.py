@@ -76,7 +76,11 @@ class QwenVLAdapter(ModelAdapter):
         return grids
 
     def prellm_position_ids(
-        self, kwargs: dict[str, Any], enc_kwargs: dict[str, Any], src_index: torch.Tensor, valid: torch.Tensor,
+        self,
+        kwargs: dict[str, Any],
+        enc_kwargs: dict[str, Any],
+        src_index: torch.Tensor,
+        valid: torch.Tensor,
         new_grids: list[tuple[int, int] | None],
     ) -> torch.Tensor | None:
         ids, mm = kwargs["input_ids"], kwargs.get("mm_token_type_ids")
@@ -86,13 +90,21 @@ class QwenVLAdapter(ModelAdapter):
         mask = kwargs.get("attention_mask")
         if thw is not None and all(g is not None for g in new_grids):
             merge = int(self.config.vision_config.spatial_merge_size)
-            new_thw = torch.tensor([[int(t), g[0] * merge, g[1] * merge] for (t, _, _), g in zip(thw.tolist(), new_grids)
-                                    if g is not None], dtype=thw.dtype, device=thw.device)
+            new_thw = torch.tensor(
+                [
+                    [int(t), g[0] * merge, g[1] * merge]
+                    for (t, _, _), g in zip(thw.tolist(), new_grids)
+                    if g is not None
+                ],
+                dtype=thw.dtype,
+                device=thw.device,
+            )
             new_ids = torch.where(valid, ids.gather(1, src_index), 0)
             new_mm = torch.where(valid, mm.gather(1, src_index), 0)
             new_mask = valid.long() if mask is None else (mask.gather(1, src_index) * valid).long()
-            pos, _ = self.base.get_rope_index(new_ids, mm_token_type_ids=new_mm, image_grid_thw=new_thw,
-                                             attention_mask=new_mask)
+            pos, _ = self.base.get_rope_index(
+                new_ids, mm_token_type_ids=new_mm, image_grid_thw=new_thw, attention_mask=new_mask
+            )
             return pos  # (3, B, N')
         pos, _ = self.base.get_rope_index(ids, mm_token_type_ids=mm, image_grid_thw=thw, attention_mask=mask)
         pos = pos.gather(2, src_index[None].expand(pos.shape[0], -1, -1))  # (3, B, N')

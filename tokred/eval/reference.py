@@ -293,9 +293,9 @@ def convert_smollm2(gguf_path: Path, out_dir: Path) -> None:
             raise ReferenceModelError(f"unexpected tensor {t.name!r} in {gguf_path.name}")
         w = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
         if ".attn_q." in t.name:
-            w = _unpermute_rope(w, config.num_attention_heads)
+            w = _unpermute_rope(w, int(config.num_attention_heads or 0))
         elif ".attn_k." in t.name:
-            w = _unpermute_rope(w, config.num_key_value_heads)
+            w = _unpermute_rope(w, int(config.num_key_value_heads or 0))
         sd[name] = torch.from_numpy(np.array(w, dtype=np.float32, order="C"))
     if "lm_head.weight" not in sd:
         sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
@@ -457,13 +457,15 @@ def build_base_model(root: Path | None = None, *, force: bool = False) -> Path:
         image_token_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
         lm.resize_token_embeddings(len(tok), mean_resizing=False)
         with torch.no_grad():  # deterministic embedding for the (never predicted) image token
-            lm.get_input_embeddings().weight[image_token_id].zero_()
+            emb: Any = lm.get_input_embeddings()
+            emb.weight[image_token_id].zero_()
         text_cfg = lm.config.to_dict() | {"model_type": "llama"}
         text_cfg["pad_token_id"] = tok.pad_token_id
+        ids: dict[str, Any] = {"image_token_id": image_token_id}  # spelled image_token_index before transformers 5
         config = LlavaConfig(
             vision_config=vt.config.to_dict() | {"model_type": "dinov2"},
             text_config=text_cfg,
-            image_token_id=image_token_id,
+            **ids,
             vision_feature_layer=list(VISION_FEATURE_LAYERS),
             vision_feature_select_strategy="default",
             projector_hidden_act="gelu",
@@ -575,7 +577,8 @@ def load_reference_model(
     from transformers import AutoTokenizer, LlavaForConditionalGeneration
 
     base = build_base_model()
-    model = LlavaForConditionalGeneration.from_pretrained(base, dtype=torch.float32, attn_implementation="sdpa")
+    cls: Any = LlavaForConditionalGeneration
+    model = cls.from_pretrained(base, dtype=torch.float32, attn_implementation="sdpa")
     if trained:
         apply_trained_weights(model)
     model = model.to(device=device, dtype=dtype).eval()

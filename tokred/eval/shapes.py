@@ -403,7 +403,9 @@ def item(index: int, seed: int = DEFAULT_SEED) -> tuple[Scene, ShapesQuestion]:
     raise RuntimeError(f"could not generate a {qtype} question for item {index}")  # pragma: no cover
 
 
-def iter_split(split: str, seed: int = DEFAULT_SEED, limit: int | None = None) -> Iterator[tuple[Scene, ShapesQuestion]]:
+def iter_split(
+    split: str, seed: int = DEFAULT_SEED, limit: int | None = None
+) -> Iterator[tuple[Scene, ShapesQuestion]]:
     """Iterate over ``(scene, question)`` items of a split.
 
     Args:

@@ -164,7 +164,9 @@ def extract_features(
     return out
 
 
-def _load_features(model: Any, processor: Any, start: int, n: int, seed: int, root: Path, chunk: int = 200) -> torch.Tensor:
+def _load_features(
+    model: Any, processor: Any, start: int, n: int, seed: int, root: Path, chunk: int = 200
+) -> torch.Tensor:
     parts = []
     t0 = time.perf_counter()
     for c in range(0, n, chunk):
@@ -233,9 +235,13 @@ class Packer:
         self.eos = tok.convert_tokens_to_ids("<|im_end|>")
         self._cache: dict[str, list[int]] = {}
         # Check that prefix + segment reproduces the processor's tokenisation of a single-turn prompt.
-        full = processor(
-            images=[shapes.render(shapes.generate_scene(0))], text=[text + "red<|im_end|>"], return_tensors="pt"
-        ).input_ids[0].tolist()
+        full = (
+            processor(
+                images=[shapes.render(shapes.generate_scene(0))], text=[text + "red<|im_end|>"], return_tensors="pt"
+            )
+            .input_ids[0]
+            .tolist()
+        )
         mine = self.prefix + self.segment(probe, "red")[0]
         if full != mine:
             raise RuntimeError("packed tokenisation differs from the processor's; the chat format changed")
@@ -335,7 +341,9 @@ def packed_logits(model: Any, batch: PackedBatch, features: torch.Tensor) -> tor
 
 
 @torch.no_grad()
-def packed_exact_match(model: Any, packer: Packer, items: Sequence[tuple[str, str, str]], features: torch.Tensor, batch: int = 8) -> dict[str, float]:
+def packed_exact_match(
+    model: Any, packer: Packer, items: Sequence[tuple[str, str, str]], features: torch.Tensor, batch: int = 8
+) -> dict[str, float]:
     """Teacher-forced exact match (equals greedy decoding's exact match) of one question per image.
 
     Greedy decoding yields the gold answer iff the argmax at every answer step (and at ``<|im_end|>``) is the
@@ -539,9 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=100, help="validation every N QA steps (0: never)")
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop QA (with a checkpoint) after this many")
     p.add_argument("--export", action="store_true", help="write the weights to tokred/eval/weights when done")
-    p.add_argument(
-        "--export-dir", type=Path, default=Path(__file__).with_name("weights"), help="where --export writes"
-    )
+    p.add_argument("--export-dir", type=Path, default=Path(__file__).with_name("weights"), help="where --export writes")
     return p
 
 
@@ -584,7 +590,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.resume and ckpt_path.is_file():
         state = torch.load(ckpt_path, weights_only=False)
         model.model.multi_modal_projector.load_state_dict(state["projector"])
-        _log(f"resumed from {ckpt_path}: phase {state['phase']}, align step {state['align_step']}, QA step {state['qa_step']}")
+        _log(
+            f"resumed from {ckpt_path}: phase {state['phase']}, align step {state['align_step']}, "
+            f"QA step {state['qa_step']}"
+        )
     elif args.resume:
         _log(f"--resume given but {ckpt_path} does not exist: starting from scratch")
 
@@ -661,14 +670,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         p_.requires_grad_(True)
     proj.requires_grad_(True)
     opt = torch.optim.AdamW(
-        [{"params": lora_params, "lr": args.lr, "base": args.lr}, {"params": list(proj.parameters()), "lr": args.proj_lr, "base": args.proj_lr}],
+        [
+            {"params": lora_params, "lr": args.lr, "base": args.lr},
+            {"params": list(proj.parameters()), "lr": args.proj_lr, "base": args.proj_lr},
+        ],
         weight_decay=0.0,
     )
     if "qa_opt" in state:
         opt.load_state_dict(state["qa_opt"])
     model.train()
     n_lora = sum(p.numel() for p in lora_params)
-    _log(f"QA phase: {len(wrapped)} LoRA layers, {n_lora / 1e6:.2f} M LoRA params; step {state['qa_step']}/{args.qa_steps}")
+    _log(
+        f"QA phase: {len(wrapped)} LoRA layers, {n_lora / 1e6:.2f} M LoRA params; "
+        f"step {state['qa_step']}/{args.qa_steps}"
+    )
 
     def checkpoint() -> None:
         state["projector"] = proj.state_dict()
@@ -698,10 +713,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f = _lr_factor(step, args.qa_steps, args.warmup, args.decay_frac)
         for g in opt.param_groups:
             g["lr"] = g["base"] * f
-        idx = [(step * args.batch + k) % args.train_images for k in range(args.batch)]
-        items = [_qa_segments(shapes.item(i, args.bench_seed)[0], args.per_type, args.count_per_type) for i in idx]
+        rows = [(step * args.batch + k) % args.train_images for k in range(args.batch)]
+        items = [_qa_segments(shapes.item(i, args.bench_seed)[0], args.per_type, args.count_per_type) for i in rows]
         pb = packer.pack(items)
-        logits = packed_logits(model, pb, train_feats[idx])
+        logits = packed_logits(model, pb, train_feats[rows])
         loss = F.cross_entropy(logits.float(), pb.sup_tgt)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -37,8 +37,12 @@ def _capture(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, kw
 
 
 def tokred_sdpa(
-    module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-    attention_mask: torch.Tensor | None, **kwargs: Any,
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    **kwargs: Any,
 ) -> tuple[torch.Tensor, Any]:
     """Stock SDPA attention plus query/key capture at scoring layers.
 
@@ -60,15 +64,19 @@ def tokred_sdpa(
 
 
 def tokred_eager(
-    module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-    attention_mask: torch.Tensor | None, **kwargs: Any,
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    **kwargs: Any,
 ) -> tuple[torch.Tensor, Any]:
     """The model's own ``eager_attention_forward`` (looked up in the module's modeling file) plus capture."""
     _capture(module, query, key, kwargs)
-    eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
-    if eager is None:
-        from transformers.models.llama.modeling_llama import eager_attention_forward as eager
-    return eager(module, query, key, value, attention_mask, **kwargs)  # type: ignore[no-any-return]
+    from transformers.models.llama.modeling_llama import eager_attention_forward
+
+    eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", eager_attention_forward)
+    return eager(module, query, key, value, attention_mask, **kwargs)
 
 
 def register_attention_functions() -> None:

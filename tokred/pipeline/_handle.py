@@ -76,7 +76,9 @@ class PatchHandle:
         counts = self._vision.original_counts if self._vision is not None else None
         self._prellm = PreLLMStage(adapter, pre_merger, self._state, counts)
         self._reduces_before = merger is not None
-        self._needs_features = self._reduces_before or isinstance(adapter.text_like_rows(torch.zeros(1, 1)), torch.Tensor)
+        self._needs_features = self._reduces_before or isinstance(
+            adapter.text_like_rows(torch.zeros(1, 1)), torch.Tensor
+        )
 
     # --------------------------------------------------------------------------------------- public
 
@@ -269,8 +271,9 @@ class PatchHandle:
             flags = [self.adapter.text_like_rows(f) for f in feats]
             if any(f is not None for f in flags):
                 slots = self.adapter.placeholder_mask(ids)
-                text_like = torch.cat([f if f is not None else torch.zeros(x.shape[0], dtype=torch.bool)
-                                       for f, x in zip(flags, feats)]).to(ids.device)
+                text_like = torch.cat(
+                    [f if f is not None else torch.zeros(x.shape[0], dtype=torch.bool) for f, x in zip(flags, feats)]
+                ).to(ids.device)
                 if int(slots.sum()) == text_like.numel():
                     visual = visual.clone()
                     visual[slots] = ~text_like
@@ -293,8 +296,9 @@ def _restore_prompt(out: Any, ids: torch.Tensor, short_len: int) -> Any:
     return out
 
 
-def patch(model: Any, strategy: str | Strategy = "none", *, attn_implementation: str | None = None,
-          **options: Any) -> PatchHandle:
+def patch(
+    model: Any, strategy: str | Strategy = "none", *, attn_implementation: str | None = None, **options: Any
+) -> PatchHandle:
     """Instrument ``model`` with a token-reduction strategy.
 
     Args:
@@ -322,7 +326,7 @@ def patch(model: Any, strategy: str | Strategy = "none", *, attn_implementation:
         >>> with tokred.patch(model, "fastv", keep_ratio=0.5) as handle:
         ...     _ = model(**make_inputs())
         >>> handle.stats.tokens_per_layer
-        [78, 78, 46, 46]
+        [75, 75, 43, 43]
     """
     strat = create_strategy(strategy, **options)
     existing = model.__dict__.get(HANDLE_ATTR)
@@ -332,9 +336,14 @@ def patch(model: Any, strategy: str | Strategy = "none", *, attn_implementation:
         raise ConfigError(f"unknown prune mode {strat.prune_mode!r}; use 'drop' or 'mask'")
     adapter = select_adapter(model)
     merger = strat.merger
-    reasons = adapter.refusals(
-        pre_llm=merger is not None, in_llm=strat.scheduler is not None,
-    ) if (merger is not None or strat.scheduler is not None) else []
+    reasons = (
+        adapter.refusals(
+            pre_llm=merger is not None,
+            in_llm=strat.scheduler is not None,
+        )
+        if (merger is not None or strat.scheduler is not None)
+        else []
+    )
     if reasons:
         raise UnsupportedModelError(
             f"tokred cannot apply strategy '{strat.name}' to {type(model).__name__} (adapter '{adapter.name}'): "

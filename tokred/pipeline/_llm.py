@@ -40,15 +40,15 @@ def gather_seq(t: torch.Tensor, idx: torch.Tensor, dim: int, batch_dim: int | No
     bd = nd + (dim - 1 if batch_dim is None else batch_dim)
     b, k = idx.shape
     if t.shape[bd] == 1 and b > 1:
-        t = t.expand(*t.shape[:bd], b, *t.shape[bd + 1:])
+        t = t.expand(*t.shape[:bd], b, *t.shape[bd + 1 :])
     shape = [1] * nd
     shape[bd], shape[d] = b, k
-    index = idx.view(shape).expand(*t.shape[:d], k, *t.shape[d + 1:])
+    index = idx.view(shape).expand(*t.shape[:d], k, *t.shape[d + 1 :])
     return t.gather(d, index)
 
 
 def _hidden(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
-    return args[0] if args else kwargs["hidden_states"]  # type: ignore[no-any-return]
+    return args[0] if args else kwargs["hidden_states"]
 
 
 def _with_hidden(args: tuple[Any, ...], kwargs: dict[str, Any], h: torch.Tensor) -> tuple[Any, ...]:
@@ -98,7 +98,7 @@ class InLLMStage:
                 self._guard_prefill(cache, q)
                 if kwargs.get("attention_mask") is None:  # never rely on packed-sequence detection
                     kwargs["attention_mask"] = torch.ones(b, q, dtype=torch.long, device=emb.device)
-            return args, kwargs  # type: ignore[return-value]
+            return args, kwargs
         if st.phase != "decode" or not st.pruning:
             return None
         if q != 1:

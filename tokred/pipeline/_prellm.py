@@ -75,8 +75,9 @@ def plan_image(
     # put merged outputs back between the kept text-like rows, ordered by their first source
     feats = torch.cat([merged, x[text_like]], 0)
     reps = torch.cat([rep, rows[text_like]], 0)
-    vis = torch.cat([torch.ones_like(rep, dtype=torch.bool), torch.zeros(int(text_like.sum()), dtype=torch.bool,
-                                                                       device=x.device)])
+    vis = torch.cat(
+        [torch.ones_like(rep, dtype=torch.bool), torch.zeros(int(text_like.sum()), dtype=torch.bool, device=x.device)]
+    )
     order = reps.argsort(stable=True)
     return ImagePlan(feats[order], reps[order], vis[order], None)
 
@@ -109,8 +110,13 @@ class PreLLMStage:
             stage (the vision tower) already reduced the features; ``None`` when features match the placeholders.
     """
 
-    def __init__(self, adapter: Any, merger: BaseMerger | None, state: Any,
-                 original_counts: Callable[[int, int], list[int] | None] | None = None) -> None:
+    def __init__(
+        self,
+        adapter: Any,
+        merger: BaseMerger | None,
+        state: Any,
+        original_counts: Callable[[int, int], list[int] | None] | None = None,
+    ) -> None:
         self.adapter = adapter
         self.merger = merger
         self.state = state
@@ -133,13 +139,18 @@ class PreLLMStage:
         ids = kwargs["input_ids"]
         feats, pack = flatten_features(out.pooler_output)
         counts = [int(f.shape[0]) for f in feats]
-        orig = self.original_counts(len(feats), int(self.adapter.placeholder_mask(ids).sum())) if (
-            self.original_counts is not None) else None
+        orig = (
+            self.original_counts(len(feats), int(self.adapter.placeholder_mask(ids).sum()))
+            if (self.original_counts is not None)
+            else None
+        )
         grids = self.adapter.feature_grids(enc, counts)
         plans = [plan_image(f, self.adapter.text_like_rows(f), g, self.merger) for f, g in zip(feats, grids)]
         if orig is not None:  # the vision tower merged: outputs stand for the first slots of each image
-            plans = [ImagePlan(p.features, torch.arange(p.features.shape[0], device=ids.device), p.visual, None)
-                     for p in plans]
+            plans = [
+                ImagePlan(p.features, torch.arange(p.features.shape[0], device=ids.device), p.visual, None)
+                for p in plans
+            ]
         slots = _image_slots(self.adapter.placeholder_mask(ids), orig or counts)
         src, valid, visual = self._layout(ids, slots, plans)
         new = self._shorten(kwargs, enc, src, valid, plans)
@@ -175,16 +186,22 @@ class PreLLMStage:
         valid = torch.zeros(b, width, dtype=torch.bool, device=dev)
         visual = torch.zeros(b, width, dtype=torch.bool, device=dev)
         for s, (x, v) in enumerate(zip(seqs, viss)):  # left padding, as generate() expects
-            src[s, width - x.numel():], valid[s, width - x.numel():], visual[s, width - x.numel():] = x, True, v
+            src[s, width - x.numel() :], valid[s, width - x.numel() :], visual[s, width - x.numel() :] = x, True, v
         return src, valid, visual
 
     def _shorten(
-        self, kwargs: dict[str, Any], enc: dict[str, Any], src: torch.Tensor, valid: torch.Tensor,
+        self,
+        kwargs: dict[str, Any],
+        enc: dict[str, Any],
+        src: torch.Tensor,
+        valid: torch.Tensor,
         plans: list[ImagePlan],
     ) -> dict[str, Any]:
         """Gather every per-token input at ``src``; added padding gets pad ids and a zero mask."""
         if kwargs.get("position_ids") is not None:
-            raise ConfigError("explicit position_ids cannot be combined with a pre-LLM reduction (tokred rebuilds them)")
+            raise ConfigError(
+                "explicit position_ids cannot be combined with a pre-LLM reduction (tokred rebuilds them)"
+            )
         new = dict(kwargs)
         ids = kwargs["input_ids"]
         pad_id = getattr(self.adapter.text_config, "pad_token_id", None) or 0

@@ -93,8 +93,10 @@ class RunState:
             self.cur_visual = visual.to(device)
         else:
             self.cur_visual = torch.zeros(batch, n, dtype=torch.bool, device=device)
-        self.cur_pad = pad.to(device).bool() if pad is not None and tuple(pad.shape) == (batch, n) else (
-            torch.ones(batch, n, dtype=torch.bool, device=device)
+        self.cur_pad = (
+            pad.to(device).bool()
+            if pad is not None and tuple(pad.shape) == (batch, n)
+            else (torch.ones(batch, n, dtype=torch.bool, device=device))
         )
         self.stats.visual_tokens_in = self.pending_visual_in or int(self.cur_visual.sum())
         self.pending_visual_in = 0
@@ -154,10 +156,15 @@ class RunState:
         cap = self.captured.pop(layer - 1, None)
         key_mask = self.cur_pad if self.allowed is None else self.cur_pad & self.allowed
         return ScoreContext(
-            visual_mask=self.cur_visual, attention_mask=key_mask, hidden_states=hidden,
-            query=None if cap is None else cap.query, key=None if cap is None else cap.key,
-            query_index=None if cap is None else cap.query_index, scaling=None if cap is None else cap.scaling,
-            layer=layer - 1, num_layers=self.num_layers,
+            visual_mask=self.cur_visual,
+            attention_mask=key_mask,
+            hidden_states=hidden,
+            query=None if cap is None else cap.query,
+            key=None if cap is None else cap.key,
+            query_index=None if cap is None else cap.query_index,
+            scaling=None if cap is None else cap.scaling,
+            layer=layer - 1,
+            num_layers=self.num_layers,
         )
 
     def record_layer(self, layer: int, length: int) -> None:
@@ -171,7 +178,8 @@ class RunState:
     def end_prefill(self) -> None:
         """Publish the prefill's statistics."""
         self.stats = ReductionStats(
-            tokens_per_layer=list(self.tokens_per_layer), kept_indices=dict(self.kept_indices),
+            tokens_per_layer=list(self.tokens_per_layer),
+            kept_indices=dict(self.kept_indices),
             visual_tokens_in=self.stats.visual_tokens_in,
             visual_tokens_out=self.visual_per_layer[-1] if self.visual_per_layer else 0,
             visual_tokens_per_layer=list(self.visual_per_layer),

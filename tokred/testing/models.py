@@ -48,8 +48,16 @@ TinyInputs = Callable[..., dict[str, torch.Tensor]]
 def tiny_text_kwargs(**overrides: Any) -> dict[str, Any]:
     """Keyword arguments of the tiny decoder config shared by every family (override any of them)."""
     kw: dict[str, Any] = dict(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, pad_token_id=PAD_ID, bos_token_id=1, eos_token_id=2,
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=PAD_ID,
+        bos_token_id=1,
+        eos_token_id=2,
         tie_word_embeddings=False,
     )
     kw.update(overrides)
@@ -57,8 +65,9 @@ def tiny_text_kwargs(**overrides: Any) -> dict[str, Any]:
 
 
 def _clip_vision(**extra: Any) -> dict[str, Any]:
-    kw: dict[str, Any] = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                              image_size=32, patch_size=4)
+    kw: dict[str, Any] = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=4
+    )
     kw.update(extra)
     return kw
 
@@ -81,8 +90,8 @@ def _assemble(rows: list[list[int]], gen: torch.Generator) -> dict[str, torch.Te
         t = torch.tensor(row, dtype=torch.long)
         rand = torch.randint(3, 200, t.shape, generator=gen)
         t = torch.where(t < 0, rand, t)
-        ids[b, width - len(row):] = t
-        mask[b, width - len(row):] = 1
+        ids[b, width - len(row) :] = t
+        mask[b, width - len(row) :] = 1
     return {"input_ids": ids, "attention_mask": mask}
 
 
@@ -139,8 +148,12 @@ def _build_llava(**overrides: Any) -> Any:
 
     text, top = _split_overrides(overrides)
     cfg = LlavaConfig(
-        vision_config=CLIPVisionConfig(**_clip_vision()), text_config=LlamaConfig(**tiny_text_kwargs(**text)),
-        image_token_id=IMAGE_ID, vision_feature_layer=-2, vision_feature_select_strategy="default", **top,
+        vision_config=CLIPVisionConfig(**_clip_vision()),
+        text_config=LlamaConfig(**tiny_text_kwargs(**text)),
+        image_token_index=IMAGE_ID,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        **top,
     )
     torch.manual_seed(0)
     return _finish(LlavaForConditionalGeneration(cfg))
@@ -191,9 +204,13 @@ def _build_llava_next(**overrides: Any) -> Any:
 
     text, top = _split_overrides(overrides)
     cfg = LlavaNextConfig(
-        vision_config=CLIPVisionConfig(**_clip_vision(patch_size=8)), text_config=LlamaConfig(**tiny_text_kwargs(**text)),
-        image_token_id=IMAGE_ID, image_grid_pinpoints=[[32, 32], [32, 64], [64, 32], [64, 64]],
-        vision_feature_layer=-2, vision_feature_select_strategy="default", **top,
+        vision_config=CLIPVisionConfig(**_clip_vision(patch_size=8)),
+        text_config=LlamaConfig(**tiny_text_kwargs(**text)),
+        image_token_index=IMAGE_ID,
+        image_grid_pinpoints=[[32, 32], [32, 64], [64, 32], [64, 64]],
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        **top,
     )
     torch.manual_seed(0)
     return _finish(LlavaNextForConditionalGeneration(cfg))
@@ -209,9 +226,14 @@ def _build_llava_onevision(**overrides: Any) -> Any:
 
     text, top = _split_overrides(overrides)
     cfg = LlavaOnevisionConfig(
-        vision_config=SiglipVisionConfig(**_clip_vision(patch_size=8)), text_config=Qwen2Config(**tiny_text_kwargs(**text)),
-        image_token_id=IMAGE_ID, video_token_id=VIDEO_ID, image_grid_pinpoints=[[32, 32], [32, 64], [64, 32], [64, 64]],
-        vision_feature_layer=-1, vision_feature_select_strategy="full", **top,
+        vision_config=SiglipVisionConfig(**_clip_vision(patch_size=8)),
+        text_config=Qwen2Config(**tiny_text_kwargs(**text)),
+        image_token_index=IMAGE_ID,
+        video_token_index=VIDEO_ID,
+        image_grid_pinpoints=[[32, 32], [32, 64], [64, 32], [64, 64]],
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+        **top,
     )
     torch.manual_seed(0)
     return _finish(LlavaOnevisionForConditionalGeneration(cfg))
@@ -222,15 +244,44 @@ def _build_llava_onevision(**overrides: Any) -> Any:
 
 def _qwen_vision(kind: str) -> dict[str, Any]:
     if kind == "qwen2_vl":
-        return dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=2,
-                    spatial_merge_size=2, temporal_patch_size=2, in_channels=3)
+        return dict(
+            depth=2,
+            embed_dim=32,
+            hidden_size=64,
+            num_heads=2,
+            mlp_ratio=2,
+            patch_size=2,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            in_channels=3,
+        )
     if kind == "qwen2_5_vl":
-        return dict(depth=2, hidden_size=32, out_hidden_size=64, intermediate_size=64, num_heads=2, patch_size=2,
-                    spatial_merge_size=2, temporal_patch_size=2, in_channels=3, window_size=8,
-                    fullatt_block_indexes=[1])
-    return dict(depth=2, hidden_size=32, out_hidden_size=64, intermediate_size=64, num_heads=2, patch_size=2,
-                spatial_merge_size=2, temporal_patch_size=2, in_channels=3, num_position_embeddings=64,
-                deepstack_visual_indexes=[0, 1])
+        return dict(
+            depth=2,
+            hidden_size=32,
+            out_hidden_size=64,
+            intermediate_size=64,
+            num_heads=2,
+            patch_size=2,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            in_channels=3,
+            window_size=8,
+            fullatt_block_indexes=[1],
+        )
+    return dict(
+        depth=2,
+        hidden_size=32,
+        out_hidden_size=64,
+        intermediate_size=64,
+        num_heads=2,
+        patch_size=2,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        in_channels=3,
+        num_position_embeddings=64,
+        deepstack_visual_indexes=[0, 1],
+    )
 
 
 def _build_qwen(kind: str, **overrides: Any) -> Any:
@@ -242,11 +293,20 @@ def _build_qwen(kind: str, **overrides: Any) -> Any:
     text_cfg.setdefault("rope_parameters", {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]})
     if kind == "qwen3_vl":
         text_cfg["head_dim"] = 16
-        text_cfg["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3],
-                                       "mrope_interleaved": True}
+        text_cfg["rope_parameters"] = {
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "mrope_section": [2, 3, 3],
+            "mrope_interleaved": True,
+        }
     cfg = getattr(tf, f"{names}Config")(
-        vision_config=_qwen_vision(kind), text_config=text_cfg, image_token_id=IMAGE_ID, video_token_id=VIDEO_ID,
-        vision_start_token_id=VISION_START_ID, vision_end_token_id=VISION_END_ID, **top,
+        vision_config=_qwen_vision(kind),
+        text_config=text_cfg,
+        image_token_id=IMAGE_ID,
+        video_token_id=VIDEO_ID,
+        vision_start_token_id=VISION_START_ID,
+        vision_end_token_id=VISION_END_ID,
+        **top,
     )
     torch.manual_seed(0)
     return _finish(getattr(tf, f"{names}ForConditionalGeneration")(cfg))
@@ -276,8 +336,11 @@ def _build_idefics(kind: str, **overrides: Any) -> Any:
     text, top = _split_overrides(overrides)
     prefix = {"idefics3": "Idefics3", "smolvlm": "SmolVLM"}[kind]
     cfg = getattr(tf, f"{prefix}Config")(
-        vision_config=_clip_vision(), text_config=tiny_text_kwargs(**text), image_token_id=IMAGE_ID,
-        scale_factor=2, **top,
+        vision_config=_clip_vision(),
+        text_config=tiny_text_kwargs(**text),
+        image_token_id=IMAGE_ID,
+        scale_factor=2,
+        **top,
     )
     torch.manual_seed(0)
     return _finish(getattr(tf, f"{prefix}ForConditionalGeneration")(cfg))
@@ -302,10 +365,21 @@ def _build_internvl(**overrides: Any) -> Any:
     from transformers import InternVLConfig, InternVLForConditionalGeneration
 
     text, top = _split_overrides(overrides)
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                  image_size=[32, 32], patch_size=[4, 4])
-    cfg = InternVLConfig(vision_config=vision, text_config=dict(model_type="qwen2", **tiny_text_kwargs(**text)),
-                         image_token_id=IMAGE_ID, downsample_ratio=0.5, **top)
+    vision = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=[32, 32],
+        patch_size=[4, 4],
+    )
+    cfg = InternVLConfig(
+        vision_config=vision,
+        text_config=dict(model_type="qwen2", **tiny_text_kwargs(**text)),
+        image_token_id=IMAGE_ID,
+        downsample_ratio=0.5,
+        **top,
+    )
     torch.manual_seed(0)
     return _finish(InternVLForConditionalGeneration(cfg))
 
@@ -329,9 +403,16 @@ def _build_gemma3(**overrides: Any) -> Any:
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration
 
     text, top = _split_overrides(overrides)
-    text_cfg = tiny_text_kwargs(head_dim=16, sliding_window=512, **text)
-    cfg = Gemma3Config(text_config=text_cfg, vision_config=_clip_vision(), mm_tokens_per_image=16,
-                       image_token_index=IMAGE_ID, boi_token_index=BOI_ID, eoi_token_index=EOI_ID, **top)
+    text_cfg = tiny_text_kwargs(**{"head_dim": 16, "sliding_window": 512, **text})
+    cfg = Gemma3Config(
+        text_config=text_cfg,
+        vision_config=_clip_vision(),
+        mm_tokens_per_image=16,
+        image_token_index=IMAGE_ID,
+        boi_token_index=BOI_ID,
+        eoi_token_index=EOI_ID,
+        **top,
+    )
     torch.manual_seed(0)
     return _finish(Gemma3ForConditionalGeneration(cfg))
 

@@ -1,0 +1,137 @@
+"""Vision-tower stage (ToMe): merge tokens inside the encoder layers, between attention and MLP.
+
+Each encoder layer's ``forward`` is overridden on the instance by a re-statement of the stock pre-norm block
+(transformers 5.23: ``models/clip/modeling_clip.py`` ``CLIPEncoderLayer.forward``, ``models/siglip`` the same,
+``models/dinov2/modeling_dinov2.py`` ``Dinov2Layer.forward`` with layer scales) with two additions: proportional
+attention (``log size`` passed as the additive attention mask of the stock attention module) and, after the
+attention residual, a merge driven by the merger's per-layer budgets with the layer's keys (averaged over heads,
+captured by a forward hook on ``k_proj``) as the similarity metric. The class token (CLIP, DINOv2) is protected.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from tokred._components import BaseMerger, MergeContext
+from tokred.errors import UnsupportedModelError
+
+# (norm1, attention, layer_scale1, norm2, mlp, layer_scale2, has class token) per encoder layer class
+_LAYOUTS = {
+    "CLIPEncoderLayer": ("layer_norm1", "self_attn", None, "layer_norm2", "mlp", None, True),
+    "SiglipEncoderLayer": ("layer_norm1", "self_attn", None, "layer_norm2", "mlp", None, False),
+    "Dinov2Layer": ("norm1", "attention", "layer_scale1", "norm2", "mlp", "layer_scale2", True),
+}
+
+
+def _encoder_layers(tower: Any) -> Any:
+    for path in ("vision_model.encoder.layers", "encoder.layers", "encoder.layer"):
+        obj = tower
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+        if isinstance(obj, torch.nn.ModuleList):
+            return obj
+    return None
+
+
+class VisionStage:
+    """ToMe merging in a CLIP, SigLIP or DINOv2 vision tower.
+
+    Args:
+        adapter: The model adapter (its base model must have a ``vision_tower``).
+        merger: A ``vision`` merger with ``layer_budgets``.
+
+    Raises:
+        UnsupportedModelError: If the tower is not a CLIP, SigLIP or DINOv2 encoder.
+    """
+
+    def __init__(self, adapter: Any, merger: BaseMerger) -> None:
+        self.adapter = adapter
+        self.merger = merger
+        tower = getattr(adapter.base, "vision_tower", None)
+        layers = _encoder_layers(tower) if tower is not None else None
+        kinds = {type(layer).__name__ for layer in layers} if layers is not None else set()
+        if layers is None or len(kinds) != 1 or next(iter(kinds)) not in _LAYOUTS:
+            raise UnsupportedModelError(
+                f"vision-tower merging needs a CLIP, SigLIP or DINOv2 tower; {type(adapter.model).__name__} has "
+                f"{sorted(kinds) or 'no recognisable tower'}"
+            )
+        if adapter.model_types and getattr(adapter.config, "model_type", "") not in ("llava",):
+            raise UnsupportedModelError(
+                f"vision-tower merging changes the tower's token count, which {type(adapter.model).__name__}'s "
+                "projector cannot take (it expects a fixed grid); supported: LLaVA-style models (llava)"
+            )
+        self.layers = layers
+        self.layout = _LAYOUTS[next(iter(kinds))]
+        self.tower: Any = tower
+        self.size: torch.Tensor | None = None
+        self.keys: dict[int, torch.Tensor] = {}
+        self.budgets: list[int] = []
+
+    def original_counts(self, images: int, placeholders: int) -> list[int] | None:
+        """Placeholder count of each image before merging (every image has the same count in these families)."""
+        if images == 0 or placeholders % images:
+            raise UnsupportedModelError(f"{placeholders} image placeholders cannot be split over {images} images")
+        return [placeholders // images] * images
+
+    def install(self) -> list[Callable[[], None]]:
+        """Override the layers' forward and hook the key projections; returns undo callables."""
+        undo: list[Callable[[], None]] = []
+        pre = self.tower.register_forward_pre_hook(self._reset)
+        undo.append(pre.remove)
+        attn_name = self.layout[1]
+        for i, layer in enumerate(self.layers):
+            layer.__dict__["forward"] = functools.partial(self._forward, i, layer)
+            undo.append(functools.partial(layer.__dict__.pop, "forward", None))
+            k_proj = getattr(layer, attn_name).k_proj
+            h = k_proj.register_forward_hook(functools.partial(self._grab_keys, i))
+            undo.append(h.remove)
+        return undo
+
+    def _reset(self, module: Any, args: tuple[Any, ...]) -> None:
+        self.size, self.keys, self.budgets = None, {}, []
+
+    def _grab_keys(self, i: int, module: Any, args: tuple[Any, ...], output: torch.Tensor) -> None:
+        self.keys[i] = output.detach()  # (B, N, H * D)
+
+    def _forward(
+        self, i: int, layer: Any, hidden_states: torch.Tensor, attention_mask: Any = None, *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
+        """One encoder block with proportional attention and a merge between attention and MLP."""
+        norm1, attn, scale1, norm2, mlp, scale2, has_cls = self.layout
+        if not self.budgets:
+            self.budgets = self.merger.layer_budgets(len(self.layers), hidden_states.shape[1]) or []
+        bias = None
+        if self.size is not None and getattr(self.merger.config, "prop_attn", True):
+            bias = self.size.float().log()[:, None, None, :].to(hidden_states.dtype)  # (B, 1, 1, N)
+        residual = hidden_states
+        x, _ = getattr(layer, attn)(getattr(layer, norm1)(hidden_states), attention_mask=bias, **kwargs)
+        x = getattr(layer, scale1)(x) if scale1 else x
+        h = residual + x  # (B, N, C)
+        target = self.budgets[i + 1] if i + 1 < len(self.budgets) else h.shape[1]
+        if target < h.shape[1]:
+            h = self._merge(i, layer, h, target, has_cls)
+        x = getattr(layer, mlp)(getattr(layer, norm2)(h))
+        x = getattr(layer, scale2)(x) if scale2 else x
+        return h + x
+
+    def _merge(self, i: int, layer: Any, h: torch.Tensor, target: int, has_cls: bool) -> torch.Tensor:
+        b, n, _ = h.shape
+        heads = int(
+            getattr(getattr(layer, self.layout[1]), "num_heads", 0)
+            or getattr(getattr(layer, self.layout[1]), "num_attention_heads", 1)
+        )
+        metric = self.keys.pop(i).reshape(b, n, heads, -1).mean(2)  # (B, N, D)
+        protected = None
+        if has_cls:
+            protected = torch.zeros(b, n, dtype=torch.bool, device=h.device)
+            protected[:, 0] = True
+        ctx = MergeContext(
+            target=target, metric=metric, size=self.size, protected=protected, layer=i, num_layers=len(self.layers)
+        )
+        res = self.merger.merge(h, ctx)
+        self.size = res.size if res.size is not None else torch.ones(b, res.x.shape[1], device=h.device)
+        return res.x

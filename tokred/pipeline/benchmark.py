@@ -1,0 +1,162 @@
+"""Prefill benchmark of the pipeline: measured speedup of in-LLM dropping vs the FLOPs prediction, and overhead.
+
+A LLaVA-1.5-shaped model with reduced depth and random weights (Llama decoder, hidden 2048, 16 heads, MLP 5632,
+8 layers; a tiny CLIP tower producing 576 visual tokens) runs a prefill of 576 visual + 64 text tokens in three
+variants, timed interleaved (``tokred.bench.time_interleaved``, median):
+
+* ``stock``: the unpatched model;
+* ``patched-keep-all``: patched with FastV at ``keep_ratio=1`` (hooks installed, nothing dropped): the overhead;
+* ``fastv``: patched with FastV dropping half of the visual tokens from layer 2 on.
+
+The three variants are separate module objects that share one set of weights, so no patch is applied or removed
+inside the timed region. This is a benchmark, not a test: it reports ratios.
+
+Example:
+    >>> from tokred.pipeline.benchmark import pipeline_benchmark
+    >>> report = pipeline_benchmark(hidden_size=64, num_layers=4, repeats=1, warmup=0)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def _llava_config(hidden_size: int, num_layers: int, intermediate_size: int, heads: int) -> Any:
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    vision = CLIPVisionConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2, image_size=336, patch_size=14
+    )
+    text = LlamaConfig(
+        vocab_size=32000,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+    )
+    return LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=31999,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+    )
+
+
+def _share_weights(model: Any) -> Any:
+    """A second module tree over the same parameter and buffer tensors (no extra weight memory)."""
+    from transformers import LlavaForConditionalGeneration
+
+    with torch.device("meta"):
+        twin = LlavaForConditionalGeneration(model.config)
+    twin.load_state_dict(model.state_dict(), assign=True)
+    for name, buf in model.named_buffers():  # non-persistent buffers (rotary inv_freq) are not in the state dict
+        owner, _, leaf = name.rpartition(".")
+        twin.get_submodule(owner).register_buffer(leaf, buf, persistent=False)
+    twin.eval()
+    twin.set_attn_implementation("sdpa")
+    return twin
+
+
+def _inputs(config: Any, visual: int, text: int, seed: int) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    before = min(35, text - 1)  # LLaVA-1.5's system prompt sits before the image
+    ids = torch.randint(3, 31000, (1, visual + text), generator=gen)
+    ids[0, before : before + visual] = config.image_token_id
+    size = config.vision_config.image_size
+    return {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "pixel_values": torch.randn(1, 3, size, size, generator=gen),
+    }
+
+
+def pipeline_benchmark(
+    hidden_size: int = 2048,
+    num_layers: int = 8,
+    intermediate_size: int = 5632,
+    heads: int = 16,
+    visual: int = 576,
+    text: int = 64,
+    layer: int = 2,
+    keep_ratio: float = 0.5,
+    repeats: int = 5,
+    warmup: int = 1,
+    threads: int | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Time prefill of the stock, patched-but-keep-all and FastV-pruned model; compare with the FLOPs prediction.
+
+    Args:
+        hidden_size: Decoder width.
+        num_layers: Decoder depth.
+        intermediate_size: MLP width.
+        heads: Attention heads (no GQA, like LLaVA-1.5's Vicuna).
+        visual: Visual tokens (the CLIP tower's patch count must match: 336 px / 14 px patches = 576).
+        text: Text tokens.
+        layer: First layer that sees the reduced set (FastV's K).
+        keep_ratio: Fraction of visual tokens kept from ``layer`` on.
+        repeats: Timed interleaved rounds.
+        warmup: Untimed rounds.
+        threads: ``torch.set_num_threads`` for the run (``None``: leave as is).
+        seed: Seed of weights and inputs.
+
+    Returns:
+        A dict with the timing medians (s), ``measured_speedup`` (stock / fastv), ``flops_speedup`` (llm-viewer
+        convention, from the tokens each layer processed), ``efficiency`` (measured / predicted), ``overhead``
+        (patched-keep-all / stock - 1) and the tokens per layer.
+    """
+    from transformers import LlavaForConditionalGeneration
+
+    from tokred.bench import time_interleaved
+    from tokred.flops import prefill_flops
+    from tokred.pipeline import patch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    config = _llava_config(hidden_size, num_layers, intermediate_size, heads)
+    if (config.vision_config.image_size // config.vision_config.patch_size) ** 2 != visual:
+        config.vision_config.image_size = int(round(visual**0.5)) * config.vision_config.patch_size
+    stock = LlavaForConditionalGeneration(config).eval()
+    stock.set_attn_implementation("sdpa")
+    keep_all, pruned = _share_weights(stock), _share_weights(stock)
+    inputs = _inputs(config, visual, text, seed)
+    handles = [
+        patch(keep_all, "fastv", layer=layer, keep_ratio=1.0),
+        patch(pruned, "fastv", layer=layer, keep_ratio=keep_ratio),
+    ]
+
+    def run(model: Any) -> Any:
+        with torch.no_grad():
+            return model(**inputs, use_cache=True, logits_to_keep=1).logits
+
+    try:
+        timings = time_interleaved(
+            {"stock": lambda: run(stock), "patched-keep-all": lambda: run(keep_all), "fastv": lambda: run(pruned)},
+            warmup=warmup,
+            repeats=repeats,
+        )
+        full, reduced = handles[0].stats.tokens_per_layer, handles[1].stats.tokens_per_layer
+    finally:
+        for h in handles:
+            h.remove()
+    med = {k: v.median for k, v in timings.items()}
+    flops_speedup = prefill_flops(config.text_config, full) / prefill_flops(config.text_config, reduced)
+    measured = med["stock"] / med["fastv"]
+    return {
+        "median_s": med,
+        "spread_s": {k: v.p75 - v.p25 for k, v in timings.items()},
+        "measured_speedup": measured,
+        "flops_speedup": flops_speedup,
+        "efficiency": measured / flops_speedup,
+        "overhead": med["patched-keep-all"] / med["stock"] - 1.0,
+        "tokens_per_layer": {"full": full, "fastv": reduced},
+        "threads": torch.get_num_threads(),
+        "repeats": repeats,
+    }
