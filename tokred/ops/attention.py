@@ -110,13 +110,14 @@ def pagerank_importance(
     key_mask: torch.Tensor | None = None,
     temperature: float = 0.1,
     iterations: int = 5,
-    chunk_size: int = 1024,
+    chunk_size: int = 256,
 ) -> torch.Tensor:
     """AIM's multi-modal importance: PageRank over the sharpened attention matrix, RMS over heads.
 
     ``M_h = softmax((Q_h K_h^T * scaling + mask) / temperature)``, ``pi_h = 1/N`` then ``pi_h <- pi_h M_h``
     ``iterations`` times, and ``s = sqrt(mean_h pi_h ** 2)`` (AIM, arXiv:2412.03248 §3.3). Memory stays bounded:
-    one head's N x N matrix at a time, filled in chunks of ``chunk_size`` query rows, instead of AIM's H x N x N.
+    one head's N x N matrix at a time, filled in chunks of ``chunk_size`` query rows, instead of AIM's H x N x N
+    (at N = 6,400 that is 164 MB instead of 4.5 GB for 28 heads). Grouped key heads are indexed, never copied.
 
     Args:
         query: Queries of every token, shape (B, H, N, D).
@@ -131,28 +132,44 @@ def pagerank_importance(
         Importance of every token, shape (B, N), float32; padding tokens score 0.
     """
     b, h, n, _ = query.shape
-    k = expand_kv_heads(key, h)  # (B, H, N, D)
+    group = h // key.shape[1]
     valid = torch.ones(b, n, dtype=torch.bool, device=query.device) if key_mask is None else key_mask.bool()
-    count = valid.sum(-1, keepdim=True).clamp_min(1).float()  # (B, 1)
-    start = valid.float() / count  # (B, N) uniform over real tokens
+    start = valid.float() / valid.sum(-1, keepdim=True).clamp_min(1).float()  # (B, N) uniform over real tokens
     sq_sum = torch.zeros(b, n, dtype=torch.float32, device=query.device)
-    rows = torch.arange(n, device=query.device).expand(b, n)  # (B, N)
     for head in range(h):
-        m = torch.empty(b, n, n, dtype=torch.float32, device=query.device)  # one head's matrix
-        for lo in range(0, n, chunk_size):
-            hi = min(n, lo + chunk_size)
-            logits = attention_logits(
-                query[:, head : head + 1, lo:hi],
-                k[:, head : head + 1],
-                scaling=scaling,
-                query_index=rows[:, lo:hi],
-                key_mask=valid,
-            )[:, 0]  # (B, c, N)
-            probs = torch.softmax(logits / temperature, dim=-1)
-            m[:, lo:hi] = torch.nan_to_num(probs, nan=0.0) * valid[:, lo:hi, None]  # padded rows give nothing
+        m = _sharpened_matrix(query[:, head], key[:, head // group], valid, scaling / temperature, chunk_size)
         pi = start.clone()
         for _ in range(iterations):
             pi = torch.bmm(pi[:, None, :], m)[:, 0]  # (B, N)
         sq_sum += pi.square()
         del m
     return (sq_sum / h).sqrt()  # (B, N)
+
+
+def _sharpened_matrix(
+    q: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, scale: float, chunk_size: int
+) -> torch.Tensor:
+    """One head's row-stochastic ``softmax(q k^T * scale + causal/padding mask)``, built in row chunks.
+
+    Args:
+        q: Queries of one head, shape (B, N, D).
+        k: Keys of the matching key head, shape (B, N, D).
+        valid: Real tokens, shape (B, N) bool.
+        scale: ``scaling / temperature``.
+        chunk_size: Rows per chunk.
+
+    Returns:
+        The matrix, shape (B, N, N), float32; rows of padding tokens are zero.
+    """
+    b, n, _ = q.shape
+    m = torch.empty(b, n, n, dtype=torch.float32, device=q.device)
+    keys = torch.arange(n, device=q.device)
+    kt = k.float().transpose(-1, -2)  # (B, D, N)
+    for lo in range(0, n, chunk_size):
+        hi = min(n, lo + chunk_size)
+        logits = torch.bmm(q[:, lo:hi].float(), kt).mul_(scale)  # (B, c, N)
+        allowed = (keys[None, :] <= torch.arange(lo, hi, device=q.device)[:, None])[None] & valid[:, None, :]
+        logits.masked_fill_(~allowed, float("-inf"))
+        probs = torch.softmax(logits, dim=-1).nan_to_num_(0.0)  # fully masked (padding) rows become 0
+        m[:, lo:hi] = probs.mul_(valid[:, lo:hi, None])
+    return m
