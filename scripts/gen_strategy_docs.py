@@ -135,8 +135,8 @@ def adapters_table() -> str:
     from tokred._plugins import DEFAULT_PLUGINS, get_registries
 
     reg = get_registries().adapters
-    lines = [_header("the registered built-in model adapters"), "| adapter | families | what it handles |"]
-    lines.append("| --- | --- | --- |")
+    lines = [_header("the registered built-in model adapters"), "| adapter | class | families | what it handles |"]
+    lines.append("| --- | --- | --- | --- |")
     for name in reg.names():
         cls = reg.get(name)
         if reg.plugin(name) not in DEFAULT_PLUGINS:
@@ -144,7 +144,8 @@ def adapters_table() -> str:
         summary = " ".join((cls.__doc__ or "").split("\n\n")[0].split())
         public = cls.__qualname__ in getattr(sys.modules["tokred.adapters"], "__all__", ())
         path = f"tokred.adapters.{cls.__qualname__}" if public else f"{cls.__module__}.{cls.__qualname__}"
-        lines.append(f"| `{name}` ([`{cls.__qualname__}`][{path}]) | {_cell(cls.families)} | {_cell(summary)} |")
+        row = f"| `{name}` | [`{cls.__qualname__}`][{path}] | {_cell(cls.families)} | {_cell(summary)} |"
+        lines.append(row)
     return "\n".join(lines) + "\n"
 
 

@@ -10,7 +10,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tokred._api import create_component, create_strategy, get_strategy_class, list_components, list_strategies
 from tokred._components import (
@@ -37,6 +37,9 @@ from tokred.errors import (
     UnsupportedModelError,
 )
 from tokred.hookspecs import hookimpl
+
+if TYPE_CHECKING:  # real types for type checkers; at run time these load lazily (see __getattr__)
+    from tokred.pipeline import PatchHandle, ReductionStats, patch
 
 __version__ = "0.1.0"
 
@@ -74,7 +77,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """Lazy access to the pipeline (``patch``, ``PatchHandle``, ``ReductionStats``): importing tokred stays torch-free."""
+    """Lazy access to the pipeline (``patch``, ``PatchHandle``, ``ReductionStats``): import tokred stays light."""
     if name in ("patch", "PatchHandle", "ReductionStats"):
         import tokred.pipeline
 

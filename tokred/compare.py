@@ -188,7 +188,7 @@ def patched(model: Any, strategy: Strategy) -> Any:
 
     if strategy.name == BASELINE:
         return nullcontext(None)
-    return tokred.patch(model, strategy)  # type: ignore[attr-defined]
+    return tokred.patch(model, strategy)
 
 
 def _tokens_per_sample(handle: Any, text: list[int], visual: list[int], layers: int) -> list[list[int]]:

@@ -1,23 +1,22 @@
-"""Patch a model in ten lines: FastV on a tiny random LLaVA, real token dropping, bitwise restore."""
-
-import torch
+"""Patch a model in ten lines: FastV on a tiny random LLaVA, bitwise restore."""
 
 import tokred
+import torch
 from tokred.testing.models import tiny_model
 
-model, make_inputs = tiny_model("llava")  # a 4-layer random LLaVA, built offline in well under a second
+model, make_inputs = tiny_model("llava")  # a 4-layer random LLaVA, built offline
 inputs = make_inputs(batch=2)  # input_ids (left-padded), attention_mask, pixel_values
 
 with torch.no_grad():
     before = model(**inputs).logits
     with tokred.patch(model, "fastv", keep_ratio=0.5) as handle:
         model(**inputs)
-        print(handle.stats.tokens_per_layer)  # sequence length of each decoder layer: shorter from layer 2 on
-        out = model.generate(**inputs, max_new_tokens=4, do_sample=False)  # generation uses the reduced KV cache
-        print(out[:, inputs["input_ids"].shape[1] :])  # the 4 new tokens of each sample
+        print(handle.stats.tokens_per_layer)  # shorter from layer 2 on
+        out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+        print(out[:, inputs["input_ids"].shape[1] :])  # 4 new tokens per sample
     after = model(**inputs).logits
 
 tokens = handle.stats.tokens_per_layer
-assert tokens[2] < tokens[1] and tokens[2:] == [tokens[2]] * (len(tokens) - 2)  # dropped once, after layer K=2
+assert tokens[2] < tokens[1] and len(set(tokens[2:])) == 1  # dropped once, at K=2
 assert list(handle.stats.kept_indices) == [2]  # the layer where the kept set changed
 assert torch.equal(before, after)  # leaving the context restored the model bitwise

@@ -1,4 +1,4 @@
-"""Getting started: find, configure and inspect strategies through the registry (no model needed)."""
+"""Getting started: find, configure and inspect strategies (no model needed)."""
 
 import tokred
 
@@ -9,21 +9,23 @@ print(tokred.list_strategies())
 fastv = tokred.create_strategy("fastv", keep_ratio=0.25)
 print(fastv.components)  # {'merger': None, 'scorer': ..., 'scheduler': ...}
 
-# Visual tokens each decoder layer processes (here: 32 layers, 576 visual tokens as in LLaVA-1.5).
+# Visual tokens each decoder layer processes (32 layers, 576 visual tokens: LLaVA-1.5).
 budgets = fastv.scheduler.budgets(num_layers=32, num_tokens=576)
-print(budgets[:4])  # [576, 576, 144, 144]: all tokens in layers 0-1, a quarter from layer 2 on
+print(budgets[:4])  # all tokens in layers 0 and 1, a quarter from layer 2 on
 assert budgets[:4] == [576, 576, 144, 144]
 
 # Unknown names and options fail loudly, with suggestions.
 try:
     tokred.create_strategy("fastv", keep_ration=0.25)
 except tokred.ConfigError as err:
-    print(err)  # invalid options for 'fastv': unknown option 'keep_ration'; did you mean 'keep_ratio'? ...
+    print(err)  # ... unknown option 'keep_ration'; did you mean 'keep_ratio'? ...
 
-# Compose components that are registered under their own names into an ad-hoc strategy.
+# Compose registered components into an ad-hoc strategy.
 custom = tokred.compose(
     scorer=tokred.create_component("scorer", "random", seed=1),
     scheduler=tokred.create_component("scheduler", "pyramid", ratio=0.5),
     label="random-pyramid",
 )
-print(custom.scheduler.budgets(num_layers=8, num_tokens=576))  # [576, 576, 288, 288, 144, 144, 72, 72]
+budgets = custom.scheduler.budgets(num_layers=8, num_tokens=576)
+print(budgets)  # [576, 576, 288, 288, 144, 144, 72, 72]
+assert budgets == [576, 576, 288, 288, 144, 144, 72, 72]

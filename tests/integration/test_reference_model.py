@@ -153,3 +153,55 @@ def test_random_drop_shortens_the_sequence(reference_model):
         model.model.get_image_features = patched
     assert seen == [64]
     assert model.model.get_image_features.__func__ is original.__func__
+
+
+# ---------------------------------------------------------------------------------------------- hermetic: LoRA export
+
+
+def _tiny_llava():
+    from transformers import Dinov2Config, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    vision = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=28, patch_size=14)
+    text = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=64,
+    )
+    ids = {"image_token_id": 63}
+    cfg = LlavaConfig(
+        vision_config=vision.to_dict(),
+        text_config=text.to_dict(),
+        vision_feature_layer=[-2, -1],
+        vision_feature_select_strategy="default",
+        **ids,
+    )
+    torch.manual_seed(0)
+    return LlavaForConditionalGeneration(cfg).eval()
+
+
+def test_exported_lora_merges_to_the_trained_model(tmp_path):
+    from tokred.eval.train_reference import add_lora, export_weights
+
+    model = _tiny_llava()
+    fresh = _tiny_llava()
+    wrapped = add_lora(model, rank=4, alpha=8.0)
+    assert len(wrapped) == 2 * 7
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for w in wrapped.values():
+            w.lora_b.normal_(0, 0.05)
+        for p in model.model.multi_modal_projector.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    ids = torch.tensor([[1, 2, 63, 63, 63, 63, 5, 6]])
+    pv = torch.randn(1, 3, 28, 28)
+    with torch.no_grad():
+        expected = model(input_ids=ids, pixel_values=pv).logits
+    export_weights(model, wrapped, tmp_path, {"note": "test"}, "# test\n")
+    meta = ref.apply_trained_weights(fresh, tmp_path / "reference.safetensors")
+    assert float(meta["rank"]) == 4 and float(meta["alpha"]) == 8
+    with torch.no_grad():
+        got = fresh(input_ids=ids, pixel_values=pv).logits
+    torch.testing.assert_close(got, expected, atol=2e-3, rtol=1e-3)  # fp16 storage of the small weights

@@ -45,6 +45,8 @@ class ModelAdapter:
     handles_bidirectional: ClassVar[bool] = False
     #: True when the adapter recomputes M-RoPE positions after a pre-LLM reduction.
     recomputes_mrope: ClassVar[bool] = False
+    #: True when some placeholder rows are structural (``text_like_rows``), so features must be inspected.
+    has_text_like_rows: ClassVar[bool] = False
 
     def __init__(self, model: Any) -> None:
         self.model = model

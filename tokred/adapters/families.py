@@ -31,6 +31,7 @@ class AnyresAdapter(ModelAdapter):
     name: ClassVar[str] = "llava-anyres"
     families: ClassVar[str] = "LLaVA-NeXT, LLaVA-OneVision"
     model_types: ClassVar[tuple[str, ...]] = ("llava_next", "llava_onevision")
+    has_text_like_rows: ClassVar[bool] = True
 
     @classmethod
     def matches(cls, model: Any) -> bool:

@@ -33,10 +33,27 @@ app.command("compare")(compare_command)
 app.command("flops")(flops_command)
 
 
+def _click_exceptions() -> tuple[tuple[type[BaseException], ...], ...]:
+    """(usage errors, exits, aborts) of click, of the copy of click that typer >= 0.29 vendors, and of typer."""
+    import importlib
+
+    groups: tuple[list[type[BaseException]], list[type[BaseException]], list[type[BaseException]]] = ([], [], [])
+    for module_name in ("click.exceptions", "typer._click.exceptions", "typer.exceptions"):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        for group, name in zip(groups, ("ClickException", "Exit", "Abort")):
+            if hasattr(module, name):
+                group.append(getattr(module, name))
+    return tuple(tuple(g) for g in groups)
+
+
 def main() -> None:
     """Console-script entry point: known errors become one line on stderr and exit code 1."""
     from tokred.errors import TokredError
 
+    usage, exits, aborts = _click_exceptions()
     try:
         app(standalone_mode=False)
     except TokredError as err:
@@ -44,18 +61,14 @@ def main() -> None:
             raise
         print(f"Error: {err}", file=sys.stderr)
         sys.exit(1)
-    except Exception as err:  # click usage errors and the like
-        import click
-
-        if isinstance(err, click.exceptions.Exit):
-            sys.exit(err.exit_code)
-        if isinstance(err, click.ClickException):
-            err.show()
-            sys.exit(err.exit_code if err.exit_code else 2)
-        if isinstance(err, click.exceptions.Abort):
-            print("Aborted.", file=sys.stderr)
-            sys.exit(1)
-        raise
+    except usage as err:
+        err.show()  # type: ignore[attr-defined]
+        sys.exit(getattr(err, "exit_code", 2) or 2)
+    except exits as err:
+        sys.exit(getattr(err, "exit_code", 0))
+    except aborts:
+        print("Aborted.", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -9,7 +9,7 @@ import os
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.table import Table
@@ -39,7 +39,7 @@ def parse_strategies(values: list[str]) -> list[str]:
     return names
 
 
-def parse_match(value: str | None) -> tuple[str, float] | None:
+def parse_match(value: str | None) -> tuple[Literal["flops", "tokens"], float] | None:
     """``flops=0.25`` (relative prefill FLOPs) or ``tokens=64`` (mean visual tokens per decoder layer)."""
     if value is None:
         return None
@@ -54,7 +54,7 @@ def parse_match(value: str | None) -> tuple[str, float] | None:
         raise ConfigError(f"--match flops={number}: the relative FLOPs budget must be in (0, 1]")
     if kind == "tokens" and target <= 0:
         raise ConfigError(f"--match tokens={number}: the token budget must be positive")
-    return kind, target
+    return ("flops" if kind == "flops" else "tokens"), target
 
 
 def _progress_enabled(fmt: CompareFormat) -> bool:
@@ -118,7 +118,7 @@ def compare_command(
         strategies=names,
         options=parse_options(option, names),
         match=parse_match(match),
-        max_new_tokens=max_new_tokens,  # type: ignore[arg-type]
+        max_new_tokens=max_new_tokens,
         timing_repeats=timing_repeats,
         output=output,
     )

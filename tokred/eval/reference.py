@@ -21,6 +21,7 @@ the returned model is a plain ``LlavaForConditionalGeneration`` that uses SDPA a
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -438,6 +439,12 @@ def build_base_model(root: Path | None = None, *, force: bool = False) -> Path:
     out = _base_dir(root)
     if (out / "manifest.json").is_file() and not force:
         return out
+    missing = [m for m in ("gguf", "onnx") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ReferenceModelError(
+            f"building the reference model needs the converter package(s) {', '.join(missing)}: "
+            f"pip install {' '.join(missing)}"
+        )
     t0 = time.perf_counter()
     lm_path = fetch_weight_file(LM_FILE, root)
     vt_path = fetch_weight_file(VISION_FILE, root)
@@ -529,6 +536,11 @@ def apply_trained_weights(model: Any, path: Path | None = None) -> dict[str, Any
     path = trained_weights_path() if path is None else path
     if not path.is_file():
         raise ReferenceModelError(f"trained weights not found: {path} (train them with tokred.eval.train_reference)")
+    record = path.with_name("reference.json")
+    if record.is_file():
+        expected = json.loads(record.read_text()).get("weights_sha256")
+        if expected and _sha256(path) != expected:
+            raise ChecksumError(f"{path} does not match the sha256 recorded in {record.name}")
     modules = dict(model.named_modules())
     with safe_open(str(path), framework="pt") as f:
         meta: dict[str, Any] = dict(f.metadata() or {})

@@ -490,7 +490,8 @@ def _record_md(rec: dict[str, Any]) -> str:
     lines = [
         "# Reference model training record",
         "",
-        f"- command: `{rec['command']}`",
+        "- commands (the first started the run, later ones resumed it):",
+        *[f"  - `{c}`" for c in rec["commands"]],
         f"- seed: {rec['seed']}; threads: {rec['threads']}; machine: {rec['machine']}",
         f"- alignment: {rec['align_steps']} + {rec['align_pos_steps']} steps, {rec['align_wall_s'] / 60:.1f} min",
         f"- QA: {rec['qa_steps_done']} / {rec['qa_steps']} steps, {rec['qa_wall_s'] / 60:.1f} min "
@@ -515,12 +516,16 @@ def _record_md(rec: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows defaults and keeps the module docstring's layout."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser."""
     p = argparse.ArgumentParser(
         prog="python -m tokred.eval.train_reference",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=__doc__,
+        formatter_class=_HelpFormatter,
     )
     p.add_argument("--out", type=Path, default=Path("runs/reference"), help="run directory (checkpoints, cache)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
@@ -533,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--align-pos-steps", type=int, default=200, help="pre-alignment steps with position words")
     p.add_argument("--align-batch", type=int, default=32, help="images per alignment step")
     p.add_argument("--align-lr", type=float, default=2e-3, help="alignment learning rate (cosine)")
-    p.add_argument("--qa-steps", type=int, default=300, help="QA training steps")
+    p.add_argument("--qa-steps", type=int, default=200, help="QA training steps")
     p.add_argument("--batch", type=int, default=4, help="images per QA step")
     p.add_argument("--per-type", type=int, default=3, help="questions per type per image")
     p.add_argument("--count-per-type", type=int, default=4, help="count questions per image")
@@ -597,6 +602,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.resume:
         _log(f"--resume given but {ckpt_path} does not exist: starting from scratch")
 
+    cmdline = "python -m tokred.eval.train_reference " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+    state.setdefault("commands", []).append(cmdline)
     t0 = time.perf_counter()
     val_start = shapes.SPLITS["val"][0]
     train_feats = _load_features(model, processor, 0, args.train_images, args.bench_seed, out / "features")
@@ -747,7 +754,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _log(f"stopped after --max-minutes at step {state['qa_step']}; resume with --resume")
 
     record = {
-        "command": "python -m tokred.eval.train_reference " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "command": state["commands"][0],
+        "commands": state["commands"],
         "seed": args.seed,
         "bench_seed": args.bench_seed,
         "threads": args.threads,

@@ -76,9 +76,7 @@ class PatchHandle:
         counts = self._vision.original_counts if self._vision is not None else None
         self._prellm = PreLLMStage(adapter, pre_merger, self._state, counts)
         self._reduces_before = merger is not None
-        self._needs_features = self._reduces_before or isinstance(
-            adapter.text_like_rows(torch.zeros(1, 1)), torch.Tensor
-        )
+        self._needs_features = self._reduces_before or bool(adapter.has_text_like_rows)
 
     # --------------------------------------------------------------------------------------- public
 
