@@ -10,6 +10,7 @@ import sys
 
 import typer
 
+from tokred.cli.bench import bench_command
 from tokred.cli.compare import compare_command
 from tokred.cli.flops import flops_command
 from tokred.cli.list import list_command, show_command
@@ -31,6 +32,7 @@ app.command("show")(show_command)
 app.command("plugins")(plugins_command)
 app.command("compare")(compare_command)
 app.command("flops")(flops_command)
+app.command("bench")(bench_command)
 
 
 def _click_exceptions() -> tuple[tuple[type[BaseException], ...], ...]:

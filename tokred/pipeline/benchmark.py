@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -89,8 +90,9 @@ def pipeline_benchmark(
     warmup: int = 1,
     threads: int | None = None,
     seed: int = 0,
+    strategies: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Time prefill of the stock, patched-but-keep-all and FastV-pruned model; compare with the FLOPs prediction.
+    """Time prefill of the stock model, the patched-but-keep-all model and each strategy; compare with FLOPs.
 
     Args:
         hidden_size: Decoder width.
@@ -99,67 +101,117 @@ def pipeline_benchmark(
         heads: Attention heads (no GQA, like LLaVA-1.5's Vicuna).
         visual: Visual tokens (the CLIP tower's patch count must match: 336 px / 14 px patches = 576).
         text: Text tokens.
-        layer: First layer that sees the reduced set (FastV's K).
-        keep_ratio: Fraction of visual tokens kept from ``layer`` on.
+        layer: First layer that sees the reduced set (FastV's K), for the default ``fastv`` variant.
+        keep_ratio: Fraction of visual tokens FastV keeps from ``layer`` on, for the default ``fastv`` variant.
         repeats: Timed interleaved rounds.
         warmup: Untimed rounds.
         threads: ``torch.set_num_threads`` for the run (``None``: leave as is).
         seed: Seed of weights and inputs.
+        strategies: Variants to time, ``{label: {"name": strategy, **options}}``; default: FastV with ``layer`` and
+            ``keep_ratio``.
 
     Returns:
-        A dict with the timing medians (s), ``measured_speedup`` (stock / fastv), ``flops_speedup`` (llm-viewer
-        convention, from the tokens each layer processed), ``efficiency`` (measured / predicted), ``overhead``
-        (patched-keep-all / stock - 1) and the tokens per layer.
+        A dict with the timing medians (s), per strategy ``measured_speedup`` (stock / strategy),
+        ``flops_speedup`` (llm-viewer convention, from the tokens each layer processed), ``efficiency``
+        (measured / predicted) and ``component_share`` (time inside the strategy's scorer and merger as a share of
+        its prefill time), the keep-all ``overhead`` (patched-keep-all / stock - 1) and the tokens per layer.
     """
     from transformers import LlavaForConditionalGeneration
 
     from tokred.bench import time_interleaved
-    from tokred.flops import prefill_flops
     from tokred.pipeline import patch
 
     if threads is not None:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
+    variants = strategies or {"fastv": {"name": "fastv", "layer": layer, "keep_ratio": keep_ratio}}
     config = _llava_config(hidden_size, num_layers, intermediate_size, heads)
     if (config.vision_config.image_size // config.vision_config.patch_size) ** 2 != visual:
         config.vision_config.image_size = int(round(visual**0.5)) * config.vision_config.patch_size
     stock = LlavaForConditionalGeneration(config).eval()
     stock.set_attn_implementation("sdpa")
-    keep_all, pruned = _share_weights(stock), _share_weights(stock)
     inputs = _inputs(config, visual, text, seed)
-    handles = [
-        patch(keep_all, "fastv", layer=layer, keep_ratio=1.0),
-        patch(pruned, "fastv", layer=layer, keep_ratio=keep_ratio),
-    ]
+    models = {"stock": stock, "patched-keep-all": _share_weights(stock)}
+    handles = {"patched-keep-all": patch(models["patched-keep-all"], "fastv", layer=layer, keep_ratio=1.0)}
+    timers: dict[str, _ComponentTimer] = {}
+    for label, spec in variants.items():
+        models[label] = _share_weights(stock)
+        opts = {k: v for k, v in spec.items() if k != "name"}
+        handles[label] = patch(models[label], spec["name"], **opts)
+        timers[label] = _ComponentTimer(handles[label].strategy)
 
     def run(model: Any) -> Any:
         with torch.no_grad():
             return model(**inputs, use_cache=True, logits_to_keep=1).logits
 
     try:
-        timings = time_interleaved(
-            {"stock": lambda: run(stock), "patched-keep-all": lambda: run(keep_all), "fastv": lambda: run(pruned)},
-            warmup=warmup,
-            repeats=repeats,
-        )
-        full, reduced = handles[0].stats.tokens_per_layer, handles[1].stats.tokens_per_layer
+        calls = {label: functools.partial(run, model) for label, model in models.items()}
+        timings = time_interleaved(calls, warmup=warmup, repeats=repeats)
+        tokens = {label: list(h.stats.tokens_per_layer) for label, h in handles.items()}
     finally:
-        for h in handles:
+        for h in handles.values():
             h.remove()
+        for t in timers.values():
+            t.restore()
+    return _report(config, timings, tokens, timers, repeats + warmup)
+
+
+class _ComponentTimer:
+    """Accumulates the wall time spent inside a strategy's scorer and merger (instance-level wrappers)."""
+
+    def __init__(self, strategy: Any) -> None:
+        self.seconds = 0.0
+        self._restore: list[Any] = []
+        for component, method in ((strategy.scorer, "score"), (strategy.merger, "merge")):
+            if component is not None:
+                self._wrap(component, method)
+
+    def _wrap(self, component: Any, method: str) -> None:
+        import time
+
+        original = getattr(component, method)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+
+        setattr(component, method, timed)
+        self._restore.append((component, method))
+
+    def restore(self) -> None:
+        for component, method in self._restore:
+            delattr(component, method)  # drop the instance attribute; the class method shows through again
+
+
+def _report(
+    config: Any, timings: dict[str, Any], tokens: dict[str, list[int]], timers: dict[str, _ComponentTimer], runs: int
+) -> dict[str, Any]:
+    from tokred.flops import prefill_flops
+
     med = {k: v.median for k, v in timings.items()}
-    flops_speedup = prefill_flops(config.text_config, full) / prefill_flops(config.text_config, reduced)
-    measured = med["stock"] / med["fastv"]
+    full = prefill_flops(config.text_config, tokens["patched-keep-all"])
+    per_strategy = {}
+    for label, timer in timers.items():
+        predicted = full / prefill_flops(config.text_config, tokens[label])
+        measured = med["stock"] / med[label]
+        per_strategy[label] = {
+            "measured_speedup": measured,
+            "flops_speedup": predicted,
+            "efficiency": measured / predicted,
+            "min_speedup": timings["stock"].min / timings[label].min,
+            "component_share": timer.seconds / (timings[label].mean * runs) if timings[label].mean else 0.0,
+        }
     return {
         "median_s": med,
         "min_s": {k: v.min for k, v in timings.items()},
-        "min_speedup": timings["stock"].min / timings["fastv"].min,
-        "min_overhead": timings["patched-keep-all"].min / timings["stock"].min - 1.0,
         "spread_s": {k: v.p75 - v.p25 for k, v in timings.items()},
-        "measured_speedup": measured,
-        "flops_speedup": flops_speedup,
-        "efficiency": measured / flops_speedup,
+        "strategies": per_strategy,
         "overhead": med["patched-keep-all"] / med["stock"] - 1.0,
-        "tokens_per_layer": {"full": full, "fastv": reduced},
+        "min_overhead": timings["patched-keep-all"].min / timings["stock"].min - 1.0,
+        "tokens_per_layer": tokens,
         "threads": torch.get_num_threads(),
-        "repeats": repeats,
+        "repeats": len(next(iter(timings.values())).samples),
     }
