@@ -33,7 +33,7 @@ def bench_command(
 
     Examples:
 
-    \\b
+    \b
     tokred bench
     tokred bench -s fastv -o fastv.keep_ratio=0.25 --repeats 10 --threads 2
     tokred bench --layers 4 --hidden 512 --format json
