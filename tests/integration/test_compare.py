@@ -135,3 +135,24 @@ def test_settings_forbid_unknown_fields():
 
 def test_output_folder_type(tmp_path):
     assert isinstance(settings(output=tmp_path).output, Path)
+
+
+def test_match_flops_puts_strategies_on_the_budget():
+    result = run_compare(settings(strategies=["fastv", "random"], match=("flops", 0.8)))
+    rows = {r["strategy"]: r for r in result.rows}
+    for name in ("fastv", "random"):
+        assert abs(rows[name]["relative_flops"] - 0.8) / 0.8 <= 0.02, rows[name]  # measured, not predicted
+        assert rows[name]["knob_value"] is not None
+    assert rows["none"]["relative_flops"] == 1.0
+
+
+def test_reducing_strategies_shrink_tokens_flops_and_cache():
+    result = run_compare(settings(strategies=["fastv", "pooling", "aim"]))
+    rows = {r["strategy"]: r for r in result.rows}
+    base = rows["none"]
+    for name in ("fastv", "pooling", "aim"):
+        assert rows[name]["relative_flops"] < 1.0
+        assert rows[name]["mean_tokens_per_layer"] < base["mean_tokens_per_layer"]
+        assert rows[name]["kv_cache_bytes"] < base["kv_cache_bytes"]
+        assert 0.0 <= rows[name]["agreement"] <= 1.0 and 0.0 <= rows[name]["mcnemar_p"] <= 1.0
+    assert rows["pooling"]["visual_into_llm"] == base["visual_in"] / 4
