@@ -209,6 +209,7 @@ class PatchHandle:
         new = self._prellm.transform(dict(kwargs))
         self._state.prepared_ids, self._state.prepared_visual = new["input_ids"], self._state.pending_visual
         self._state.prepared_visual_in = self._state.pending_visual_in
+        self._state.prepared_provenance = self._state.pending_provenance
         try:
             out = original(*args, **new)
         finally:
@@ -238,6 +239,7 @@ class PatchHandle:
         if st.prepared_ids is not None and st.prepared_ids.shape == ids.shape and torch.equal(st.prepared_ids, ids):
             st.pending_visual, st.pending_pad = st.prepared_visual, kwargs.get("attention_mask")
             st.pending_visual_in = st.prepared_visual_in
+            st.pending_provenance = st.prepared_provenance
             return kwargs
         if self._needs_features and self.adapter.has_pixels(kwargs):
             if self._reduces_before:

@@ -29,6 +29,7 @@ class ImagePlan:
     rep: torch.Tensor  # (m,) original row of each output (its first source)
     visual: torch.Tensor  # (m,) bool: reducible visual content (False: text-like rows such as newlines)
     grid: tuple[int, int] | None
+    source: torch.Tensor | None = None  # (n,) output row each input row went into, -1 if dropped
 
 
 def flatten_features(pooler: Any) -> tuple[list[torch.Tensor], Callable[[list[torch.Tensor]], Any]]:
@@ -65,13 +66,14 @@ def plan_image(
     if text_like is None or not bool(text_like.any()):
         text_like = torch.zeros(n, dtype=torch.bool, device=x.device)
     if merger is None:
-        return ImagePlan(x, rows, ~text_like, grid)
+        return ImagePlan(x, rows, ~text_like, grid, rows)
     content = rows[~text_like]  # (n_c,)
     res = merger.merge(x[content][None], MergeContext(grid=grid if not bool(text_like.any()) else None))
     merged = res.x[0]  # (m, C)
     rep = content[_first_source(res.source[0], merged.shape[0]).clamp(max=content.shape[0] - 1)]  # (m,)
     if not bool(text_like.any()):
-        return ImagePlan(merged, rep, torch.ones(merged.shape[0], dtype=torch.bool, device=x.device), res.grid)
+        ones = torch.ones(merged.shape[0], dtype=torch.bool, device=x.device)
+        return ImagePlan(merged, rep, ones, res.grid, res.source[0].long())
     # put merged outputs back between the kept text-like rows, ordered by their first source
     feats = torch.cat([merged, x[text_like]], 0)
     reps = torch.cat([rep, rows[text_like]], 0)
@@ -79,7 +81,12 @@ def plan_image(
         [torch.ones_like(rep, dtype=torch.bool), torch.zeros(int(text_like.sum()), dtype=torch.bool, device=x.device)]
     )
     order = reps.argsort(stable=True)
-    return ImagePlan(feats[order], reps[order], vis[order], None)
+    where = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=x.device))  # new row of k
+    source = torch.empty(n, dtype=torch.long, device=x.device)
+    merged_src = res.source[0].long()
+    source[content] = torch.where(merged_src >= 0, where[merged_src.clamp_min(0)], -1)
+    source[rows[text_like]] = where[merged.shape[0] + torch.arange(int(text_like.sum()), device=x.device)]
+    return ImagePlan(feats[order], reps[order], vis[order], None, source)
 
 
 def _image_slots(placeholders: torch.Tensor, counts: list[int]) -> list[tuple[int, int, int]]:
@@ -152,7 +159,12 @@ class PreLLMStage:
                 for p in plans
             ]
         slots = _image_slots(self.adapter.placeholder_mask(ids), orig or counts)
-        src, valid, visual = self._layout(ids, slots, plans)
+        src, valid, visual, positions = self._layout(ids, slots, plans)
+        self.state.pending_provenance = [
+            (s, torch.where(p.source >= 0, pos[p.source.clamp_min(0)], -1))
+            for (s, _, _), p, pos in zip(slots, plans, positions)
+            if p.source is not None and orig is None
+        ]
         new = self._shorten(kwargs, enc, src, valid, plans)
         out.pooler_output = pack([p.features for p in plans])
         mm = dict(kwargs.get("mm_encoder_outputs") or {})
@@ -166,16 +178,22 @@ class PreLLMStage:
 
     def _layout(
         self, ids: torch.Tensor, slots: list[tuple[int, int, int]], plans: list[ImagePlan]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """For the shortened sequence: source position (B, N'), real-token mask (B, N') and visual mask (B, N')."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """For the shortened sequence: source position (B, N'), real-token mask (B, N'), visual mask (B, N'), and
+        for every image the positions (m,) its outputs occupy."""
         b, n = ids.shape
         dev = ids.device
         rows: list[list[torch.Tensor]] = [[] for _ in range(b)]
         vis: list[list[torch.Tensor]] = [[] for _ in range(b)]
         cursor = [0] * b
+        length = [0] * b  # unpadded length of each shortened row so far
+        offsets = []
         for (s, start, count), plan in zip(slots, plans):
             rows[s].append(torch.arange(cursor[s], start, device=dev))
             vis[s].append(torch.zeros(start - cursor[s], dtype=torch.bool, device=dev))
+            length[s] += start - cursor[s]
+            offsets.append(length[s])
+            length[s] += int(plan.rep.numel())
             rows[s].append(start + plan.rep.to(dev))
             vis[s].append(plan.visual.to(dev))
             cursor[s] = start + count
@@ -187,7 +205,11 @@ class PreLLMStage:
         visual = torch.zeros(b, width, dtype=torch.bool, device=dev)
         for s, (x, v) in enumerate(zip(seqs, viss)):  # left padding, as generate() expects
             src[s, width - x.numel() :], valid[s, width - x.numel() :], visual[s, width - x.numel() :] = x, True, v
-        return src, valid, visual
+        positions = [
+            width - int(seqs[s].numel()) + off + torch.arange(int(plan.rep.numel()), device=dev)
+            for (s, _, _), plan, off in zip(slots, plans, offsets)
+        ]
+        return src, valid, visual, positions
 
     def _shorten(
         self,

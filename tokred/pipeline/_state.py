@@ -22,6 +22,9 @@ class ReductionStats:
         visual_tokens_in: Visual placeholder tokens in the input, summed over the batch (before any reduction).
         visual_tokens_out: Visual tokens the last decoder layer processed, summed over the batch.
         visual_tokens_per_layer: Visual tokens each decoder layer processed, summed over the batch.
+        visual_provenance: When a pre-LLM stage ran: for every image, ``(sample, positions)`` where ``positions``
+            (LongTensor (n,)) gives, for each of the image's original visual tokens, the position in the sequence the
+            decoder received of the token it was merged into (-1 if it was dropped before the LLM).
     """
 
     tokens_per_layer: list[int] = field(default_factory=list)
@@ -29,6 +32,7 @@ class ReductionStats:
     visual_tokens_in: int = 0
     visual_tokens_out: int = 0
     visual_tokens_per_layer: list[int] = field(default_factory=list)
+    visual_provenance: list[tuple[int, torch.Tensor]] = field(default_factory=list)
 
 
 @dataclass
@@ -59,6 +63,9 @@ class RunState:
         self.pending_visual: torch.Tensor | None = None  # (B, N) bool
         self.pending_pad: torch.Tensor | None = None  # (B, N) bool
         self.pending_visual_in = 0
+        self.pending_provenance: list[tuple[int, torch.Tensor]] = []
+        self.prepared_provenance: list[tuple[int, torch.Tensor]] = []
+        self.provenance: list[tuple[int, torch.Tensor]] = []
         self.prepared_ids: torch.Tensor | None = None  # shortened ids prepared by the generate wrapper
         self.prepared_visual: torch.Tensor | None = None
         self.prepared_visual_in = 0
@@ -100,6 +107,7 @@ class RunState:
         )
         self.stats.visual_tokens_in = self.pending_visual_in or int(self.cur_visual.sum())
         self.pending_visual_in = 0
+        self.provenance, self.pending_provenance = self.pending_provenance, []
         self._plan()
 
     def _plan(self) -> None:
@@ -183,6 +191,7 @@ class RunState:
             visual_tokens_in=self.stats.visual_tokens_in,
             visual_tokens_out=self.visual_per_layer[-1] if self.visual_per_layer else 0,
             visual_tokens_per_layer=list(self.visual_per_layer),
+            visual_provenance=list(self.provenance),
         )
         self.phase = "decode"
 
