@@ -55,6 +55,8 @@ class CompareSettings(BaseModel):
     convention: Literal["llm-viewer", "fastv"] = Field("llm-viewer", description="FLOPs convention.")
     output: Path | None = Field(None, description="Folder for samples.jsonl, summary files and plots.")
     match_tolerance: float = Field(0.02, gt=0, le=1, description="Relative tolerance of --match.")
+    plot: bool = Field(False, description="Also draw the kept-patch picture (into output).")
+    picture_samples: int = Field(4, ge=1, le=16, description="Samples shown in the kept-patch picture.")
 
 
 @dataclass
@@ -460,7 +462,33 @@ def run_compare(settings: CompareSettings, progress: Progress | None = None) -> 
     for row in rows:
         row.update(costs[row["strategy"]])
     info = {"model": runner.name, "samples": len(samples), "dataset_errors": [str(e) for e in _errors(dataset)]}
+    if settings.plot and settings.output is not None:
+        picture = kept_patch_picture(
+            runner, variants, samples[: settings.picture_samples], settings.output / "kept.png"
+        )
+        info["kept_patch_picture"] = str(picture) if picture else None
     return CompareResult(rows=rows, records=log.records, settings=settings, info=info)
+
+
+def kept_patch_picture(runner: Runner, variants: list[Variant], samples: Sequence[Sample], path: Path) -> Path | None:
+    """Draw which patches each strategy kept for a few samples (needs a model whose images form a token grid)."""
+    from tokred.plots import kept_patch_figure, survival_depth
+
+    grid = runner.image_grid
+    if grid is None or not samples:
+        return None
+    inputs = runner.encode(samples)
+    layers = int(text_config_of(runner.model).num_hidden_layers)
+    depths: dict[str, list[list[float] | None]] = {}
+    for v in variants:
+        with patched(runner.model, v.strategy) as handle, torch.inference_mode():
+            runner.model.generate(**inputs, max_new_tokens=1, do_sample=False)
+            stats = None if handle is None else handle.stats
+            depths[v.label] = [
+                survival_depth(stats, inputs["input_ids"], runner.image_token_id, b, layers)
+                for b in range(len(samples))
+            ]
+    return kept_patch_figure([s.image for s in samples], depths, grid, path)
 
 
 def _errors(dataset: Any) -> list[Any]:

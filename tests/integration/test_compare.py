@@ -156,3 +156,28 @@ def test_reducing_strategies_shrink_tokens_flops_and_cache():
         assert rows[name]["kv_cache_bytes"] < base["kv_cache_bytes"]
         assert 0.0 <= rows[name]["agreement"] <= 1.0 and 0.0 <= rows[name]["mcnemar_p"] <= 1.0
     assert rows["pooling"]["visual_into_llm"] == base["visual_in"] / 4
+
+
+def test_kept_patch_picture_is_written(tmp_path):
+    result = run_compare(settings(strategies=["fastv", "pooling", "tome"], output=tmp_path, plot=True, limit=3))
+    picture = Path(result.info["kept_patch_picture"])
+    assert picture.exists() and picture.stat().st_size > 5000
+
+
+def test_survival_depth_follows_kept_indices():
+    import torch
+
+    import tokred
+    from tokred.plots import survival_depth
+    from tokred.testing.models import tiny_model
+
+    model, make_inputs = tiny_model("llava")
+    inputs = make_inputs(batch=1, seed=0)
+    layers = model.config.text_config.num_hidden_layers
+    with tokred.patch(model, "fastv", layer=1, keep_ratio=0.25) as handle, torch.no_grad():
+        model.generate(**inputs, max_new_tokens=1, do_sample=False)
+    depth = survival_depth(handle.stats, inputs["input_ids"], model.config.image_token_id, 0, layers)
+    full, kept_share = 1.0, 1 / layers  # a dropped patch is seen by layer 0 only
+    values = sorted(set(round(d, 6) for d in depth))
+    assert values == [round(kept_share, 6), full]
+    assert sum(d == full for d in depth) == len(depth) // 4

@@ -121,6 +121,7 @@ def compare_command(
         max_new_tokens=max_new_tokens,
         timing_repeats=timing_repeats,
         output=output,
+        plot=plot,
     )
     with _progress(fmt) as progress:
         result = run_compare(settings, progress=progress)

@@ -94,12 +94,7 @@ class HFRunner:
 
     @property
     def image_grid(self) -> tuple[int, int] | None:
-        vision = getattr(self.model.config, "vision_config", None)
-        size, patch = getattr(vision, "image_size", None), getattr(vision, "patch_size", None)
-        if not size or not patch:
-            return None
-        side = int(size) // int(patch)
-        return side, side
+        return _square_grid(self.model)
 
 
 @dataclass
@@ -127,7 +122,17 @@ class TinyRunner:
 
     @property
     def image_grid(self) -> tuple[int, int] | None:
+        return _square_grid(self.model)
+
+
+def _square_grid(model: Any) -> tuple[int, int] | None:
+    """Token grid of a tower that cuts a square image into square patches (no class token in the grid)."""
+    vision = getattr(model.config, "vision_config", None)
+    size, patch = getattr(vision, "image_size", None), getattr(vision, "patch_size", None)
+    if not size or not patch:
         return None
+    side = int(size) // int(patch)
+    return side, side
 
 
 def _stable_seed(sample_id: str) -> int:
