@@ -11,6 +11,9 @@ Where tokred differs from the reference code:
 * PageRank is computed one head at a time in chunks (bounded memory) from queries and keys, so any attention
   backend works, instead of materialising an H x N x N tensor under eager attention;
 * batches of any size and any number of images work; spans come from ``input_ids``;
+* for images the merge metric is the projected features by default; ``metric="keys"`` uses the vision tower's
+  last-layer keys, as the LLaVA-1.5 variant does, but merges the *projected* features (after the projector, where
+  tokred's pre-LLM stage acts) rather than CLIP features before the projector;
 * the merge target is a keep ratio; rounds halve the tokens until one last partial round reaches the target
   (0.25 reproduces the default 196 -> 98 -> 49 per frame, 0.4375 the LLaVA-1.5 576 -> 288 -> 252).
 """
@@ -67,6 +70,11 @@ class AimMerger(BaseMerger):
         keep_ratio: float = Field(0.25, gt=0.0, le=1.0, description="Fraction of tokens per image/frame kept.")
         order: Literal["score", "original"] = Field(
             "score", description="Order of unmerged tokens: AIM's by-similarity order, or restored spatial order."
+        )
+        metric: Literal["features", "keys"] = Field(
+            "features",
+            description="Match on the projected features (AIM video) or the vision tower's last-layer keys "
+            "(AIM image variant; the adapter captures them).",
         )
 
     config: AimMerger.Config

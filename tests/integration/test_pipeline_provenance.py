@@ -43,3 +43,47 @@ def test_random_selection_provenance_marks_dropped_patches():
     ((_, positions),) = handle.stats.visual_provenance
     kept = positions[positions >= 0]
     assert kept.numel() == positions.numel() // 2 and kept.unique().numel() == kept.numel()
+
+
+def test_aim_merge_on_vision_keys_matches_a_manual_merge():
+    from tokred.ops import aim_merge_frames
+    from tokred.strategies.aim import merge_rounds
+
+    model, make_inputs = tiny_model("llava")
+    inputs = make_inputs(batch=1, seed=2)
+    captured = {}
+    tower = model.model.vision_tower
+    key = [m for name, m in tower.named_modules() if name.endswith("k_proj")][-1]
+    hook = key.register_forward_hook(lambda _m, _i, out: captured.setdefault("keys", out.detach()))
+    with torch.no_grad():
+        feats = model.model.get_image_features(pixel_values=inputs["pixel_values"], return_dict=True).pooler_output
+    hook.remove()
+    feats = feats[0] if isinstance(feats, (list, tuple)) else feats
+    feats = feats.reshape(1, -1, feats.shape[-1])
+    n = feats.shape[1]
+    keys = captured["keys"][:, -n:]  # drop the class token
+    _, want_source = aim_merge_frames(feats, merge_rounds(n, 0.25), metric=keys)
+
+    with tokred.patch(model, "aim-merge", keep_ratio=0.25, metric="keys") as handle, torch.no_grad():
+        model.generate(**inputs, max_new_tokens=1, do_sample=False)
+    ((_, positions),) = handle.stats.visual_provenance
+    # same partition of the patches into merged groups (output labels differ only by position order)
+    got_groups = {tuple(torch.nonzero(positions == p)[:, 0].tolist()) for p in positions.unique()}
+    want_groups = {tuple(torch.nonzero(want_source[0] == o)[:, 0].tolist()) for o in want_source[0].unique()}
+    assert got_groups == want_groups
+
+    with tokred.patch(model, "aim-merge", keep_ratio=0.25) as handle, torch.no_grad():
+        model.generate(**inputs, max_new_tokens=1, do_sample=False)
+    ((_, by_features),) = handle.stats.visual_provenance
+    feature_groups = {tuple(torch.nonzero(by_features == p)[:, 0].tolist()) for p in by_features.unique()}
+    assert feature_groups != got_groups  # the metric really changed the matching
+
+
+def test_keys_metric_without_aligned_tower_is_a_clear_error():
+    from tokred.errors import ConfigError
+
+    model, make_inputs = tiny_model("llava_next")
+    inputs = make_inputs(batch=1, seed=0)
+    with tokred.patch(model, "aim-merge", metric="keys"), torch.no_grad():
+        with pytest.raises(ConfigError, match="metric='keys'"):
+            model.generate(**inputs, max_new_tokens=1, do_sample=False)

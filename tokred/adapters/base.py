@@ -190,6 +190,18 @@ class ModelAdapter:
             grids.append((side, side) if side * side == n else None)
         return grids
 
+    def vision_key_projection(self) -> torch.nn.Module | None:
+        """The key projection of the vision tower's last attention layer (``k_proj`` in CLIP/SigLIP, ``key`` in
+        DINOv2), whose outputs AIM uses as the merge metric for images; ``None`` if the tower has none."""
+        tower = getattr(self.base, "vision_tower", None)
+        if tower is None:
+            return None
+        found = None
+        for name, module in tower.named_modules():
+            if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in ("k_proj", "key"):
+                found = module  # modules come in layer order: keep the last
+        return found
+
     def side_token_inputs(self) -> tuple[str, ...]:
         """Per-token forward inputs that must be shortened with ``input_ids`` by a pre-LLM reduction."""
         return ("token_type_ids", "mm_token_type_ids")

@@ -58,9 +58,16 @@ def _first_source(source: torch.Tensor, m: int) -> torch.Tensor:
 
 
 def plan_image(
-    x: torch.Tensor, text_like: torch.Tensor | None, grid: tuple[int, int] | None, merger: BaseMerger | None
+    x: torch.Tensor,
+    text_like: torch.Tensor | None,
+    grid: tuple[int, int] | None,
+    merger: BaseMerger | None,
+    metric: torch.Tensor | None = None,
 ) -> ImagePlan:
-    """Reduce one image's features ``x`` (n, C), keeping ``text_like`` rows untouched and in place."""
+    """Reduce one image's features ``x`` (n, C), keeping ``text_like`` rows untouched and in place.
+
+    ``metric`` (n, C'), when given, is what the merger matches on instead of the features (AIM's vision keys).
+    """
     n = x.shape[0]
     rows = torch.arange(n, device=x.device)
     if text_like is None or not bool(text_like.any()):
@@ -68,7 +75,10 @@ def plan_image(
     if merger is None:
         return ImagePlan(x, rows, ~text_like, grid, rows)
     content = rows[~text_like]  # (n_c,)
-    res = merger.merge(x[content][None], MergeContext(grid=grid if not bool(text_like.any()) else None))
+    ctx = MergeContext(
+        grid=grid if not bool(text_like.any()) else None, metric=None if metric is None else metric[content][None]
+    )
+    res = merger.merge(x[content][None], ctx)
     merged = res.x[0]  # (m, C)
     rep = content[_first_source(res.source[0], merged.shape[0]).clamp(max=content.shape[0] - 1)]  # (m,)
     if not bool(text_like.any()):
@@ -129,12 +139,52 @@ class PreLLMStage:
         self.state = state
         self.original_counts = original_counts
 
+    def wants_vision_keys(self) -> bool:
+        """Whether the merger matches on the vision tower's last-layer keys (AIM's image variant)."""
+        return self.merger is not None and getattr(self.merger.config, "metric", "features") == "keys"
+
     def features(self, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-        """Run the stock ``get_image_features`` on the call's image inputs; returns its output and those inputs."""
+        """Run the stock ``get_image_features`` on the call's image inputs; returns its output and those inputs.
+
+        When the merger asks for vision keys, a forward hook on the tower's last key projection captures them
+        (into ``self.keys``, shape (n_img, T, C')) during the same call.
+        """
         enc = self.adapter.encoder_kwargs(kwargs)
-        with torch.no_grad():
-            out = self.adapter.base.get_image_features(**enc, return_dict=True)
+        self.keys: torch.Tensor | None = None
+        hook = None
+        if self.wants_vision_keys():
+            module = self.adapter.vision_key_projection()
+            if module is None:
+                raise ConfigError(
+                    f"metric='keys' needs the vision tower's key projection, which {type(self.adapter.model).__name__}"
+                    " does not expose; use metric='features'"
+                )
+            hook = module.register_forward_hook(lambda _m, _i, out: setattr(self, "keys", out.detach()))
+        try:
+            with torch.no_grad():
+                out = self.adapter.base.get_image_features(**enc, return_dict=True)
+        finally:
+            if hook is not None:
+                hook.remove()
         return out, enc
+
+    def image_metrics(self, counts: list[int]) -> list[torch.Tensor | None]:
+        """Per-image merge metric: the captured vision keys aligned with each image's features (class token
+        dropped), or ``None`` for every image when the merger matches on features."""
+        if not self.wants_vision_keys():
+            return [None] * len(counts)
+        keys = self.keys
+        if keys is None or keys.dim() != 3 or keys.shape[0] != len(counts):
+            raise ConfigError("metric='keys': the vision tower's keys could not be matched to the images")
+        out = []
+        for k, n in zip(keys, counts):
+            if k.shape[0] not in (n, n + 1):
+                raise ConfigError(
+                    f"metric='keys': the tower has {k.shape[0]} tokens per image but the LLM gets {n} features "
+                    "(tiles, newline rows or pooling in between); use metric='features'"
+                )
+            out.append(k[k.shape[0] - n :])  # a leading class token is not a patch
+        return out
 
     def transform(self, kwargs: dict[str, Any], out: Any = None, enc: dict[str, Any] | None = None) -> dict[str, Any]:
         """Return new forward kwargs with reduced features in ``mm_encoder_outputs`` and shortened token inputs."""
@@ -152,7 +202,10 @@ class PreLLMStage:
             else None
         )
         grids = self.adapter.feature_grids(enc, counts)
-        plans = [plan_image(f, self.adapter.text_like_rows(f), g, self.merger) for f, g in zip(feats, grids)]
+        metrics = self.image_metrics(counts)
+        plans = [
+            plan_image(f, self.adapter.text_like_rows(f), g, self.merger, m) for f, g, m in zip(feats, grids, metrics)
+        ]
         if orig is not None:  # the vision tower merged: outputs stand for the first slots of each image
             plans = [
                 ImagePlan(p.features, torch.arange(p.features.shape[0], device=ids.device), p.visual, None)
