@@ -18,8 +18,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 compare: setup
-	$(BIN)/tokred list --options
-	$(BIN)/tokred show aim
+	$(BIN)/tokred compare --strategies aim,fastv
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
