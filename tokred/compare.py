@@ -242,6 +242,7 @@ def _record(
 ) -> dict[str, Any]:
     return {
         "strategy": variant.label,
+        "options": variant.strategy.config.model_dump(mode="json"),
         "id": s.id,
         "qtype": s.qtype,
         "question": s.question,
@@ -381,10 +382,11 @@ def _token_stats(recs: dict[str, dict[str, Any]], ids: list[str]) -> dict[str, f
 
 
 class SampleLog:
-    """Append-only JSONL of per-sample records; reading it back tells which (strategy, id) pairs are done.
+    """Append-only JSONL of per-sample records; reading it back tells which (strategy, options, id) are done.
 
-    The first line is a header with the settings that decide the answers; resuming with different settings is
-    refused rather than mixing incompatible records.
+    The first line is a header with the settings that decide every answer (model, dataset, generation length);
+    resuming with different settings is refused rather than mixing incompatible records. Strategies can be added or
+    re-configured between runs: each record carries its strategy's options, and only matching records are reused.
     """
 
     def __init__(self, folder: Path | None, fingerprint: dict[str, Any]) -> None:
@@ -412,9 +414,14 @@ class SampleLog:
             except json.JSONDecodeError:
                 continue  # a line cut off by an interruption: that sample is simply evaluated again
 
-    def done(self, label: str) -> set[str]:
-        """Sample ids already evaluated for ``label``."""
-        return {r["id"] for r in self.records if r["strategy"] == label}
+    def done(self, variant: Variant) -> set[str]:
+        """Sample ids already evaluated for this variant (same label and the same options)."""
+        return {r["id"] for r in self.matching(variant)}
+
+    def matching(self, variant: Variant) -> list[dict[str, Any]]:
+        """Records of this variant: same label and options (records of other options are kept but not used)."""
+        options = variant.strategy.config.model_dump(mode="json")
+        return [r for r in self.records if r["strategy"] == variant.label and r.get("options") == options]
 
     def append(self, record: dict[str, Any]) -> None:
         """Keep ``record`` and write it to disk at once (flushed), so an interruption loses nothing."""
@@ -425,15 +432,14 @@ class SampleLog:
                 f.flush()
 
 
-def fingerprint(settings: CompareSettings, variants: list[Variant], model_name: str) -> dict[str, Any]:
-    """The settings that decide per-sample answers (a resumed run must match them)."""
+def fingerprint(settings: CompareSettings, model_name: str) -> dict[str, Any]:
+    """The settings that decide every per-sample answer (a resumed run must match them)."""
     return {
         "model": model_name,
         "dataset": settings.dataset,
         "split": settings.split,
         "max_new_tokens": settings.max_new_tokens,
         "convention": settings.convention,
-        "strategies": {v.label: v.strategy.config.model_dump(mode="json") for v in variants},
     }
 
 
@@ -453,11 +459,14 @@ def run_compare(settings: CompareSettings, progress: Progress | None = None) -> 
     text, visual = prompt_counts(runner, runner.encode(samples[:1]))
     if settings.match is not None:
         match_budgets(variants, settings, (text[0], visual[0]), runner)
-    log = SampleLog(settings.output, fingerprint(settings, variants, runner.name))
+    log = SampleLog(settings.output, fingerprint(settings, runner.name))
+    wanted = {s.id for s in samples}
     for variant in variants:
-        todo = [s for s in samples if s.id not in log.done(variant.label)]
+        done = log.done(variant)
+        todo = [s for s in samples if s.id not in done]
         evaluate_variant(runner, variant, todo, settings, log.append, progress)
-    rows = summarise(variants, log.records, settings.seed)
+    records = [r for v in variants for r in log.matching(v) if r["id"] in wanted]
+    rows = summarise(variants, records, settings.seed)
     costs = measure_costs(runner, variants, samples[0], settings)
     for row in rows:
         row.update(costs[row["strategy"]])
@@ -467,7 +476,7 @@ def run_compare(settings: CompareSettings, progress: Progress | None = None) -> 
             runner, variants, samples[: settings.picture_samples], settings.output / "kept.png"
         )
         info["kept_patch_picture"] = str(picture) if picture else None
-    return CompareResult(rows=rows, records=log.records, settings=settings, info=info)
+    return CompareResult(rows=rows, records=records, settings=settings, info=info)
 
 
 def kept_patch_picture(runner: Runner, variants: list[Variant], samples: Sequence[Sample], path: Path) -> Path | None:

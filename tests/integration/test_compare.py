@@ -181,3 +181,17 @@ def test_survival_depth_follows_kept_indices():
     values = sorted(set(round(d, 6) for d in depth))
     assert values == [round(kept_share, 6), full]
     assert sum(d == full for d in depth) == len(depth) // 4
+
+
+def test_resume_reuses_records_when_strategies_change(tmp_path):
+    run_compare(settings(strategies=["fastv"], output=tmp_path))
+    seen: list[tuple[str, int]] = []
+    result = run_compare(
+        settings(strategies=["fastv", "random"], output=tmp_path),
+        progress=lambda label, done, total: seen.append((label, total)),
+    )
+    assert {label for label, _ in seen} == {"random"}  # none and fastv come from the log
+    assert {r["strategy"] for r in result.rows} == {"none", "fastv", "random"}
+    other = run_compare(settings(strategies=["fastv"], options={"fastv": {"keep_ratio": 0.25}}, output=tmp_path))
+    fastv = next(r for r in other.rows if r["strategy"] == "fastv")
+    assert fastv["options"]["keep_ratio"] == 0.25 and fastv["n"] == 6  # new options: evaluated again, not mixed

@@ -86,3 +86,16 @@ def test_tome_refused_where_the_projector_needs_a_fixed_grid():
     with pytest.raises(UnsupportedModelError, match="fixed grid"):
         patch(model, "tome")
     assert "_tokred_handle" not in model.__dict__
+
+
+def test_tome_refuses_models_that_concatenate_several_tower_layers():
+    import pytest as _pytest
+
+    import tokred
+    from tokred.errors import UnsupportedModelError
+    from tokred.testing.models import tiny_model
+
+    model, _ = tiny_model("llava")
+    model.config.vision_feature_layer = [-2, -1]
+    with _pytest.raises(UnsupportedModelError, match="vision_feature_layer"):
+        tokred.patch(model, "tome")

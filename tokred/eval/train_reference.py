@@ -476,6 +476,7 @@ def export_weights(
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "reference.safetensors"
     save_file(tensors, str(path), metadata={"rank": str(rank), "alpha": str(alpha), "format": "tokred-reference-v1"})
+    path.chmod(0o644)
     import hashlib
 
     record = dict(record)
@@ -538,7 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--align-pos-steps", type=int, default=200, help="pre-alignment steps with position words")
     p.add_argument("--align-batch", type=int, default=32, help="images per alignment step")
     p.add_argument("--align-lr", type=float, default=2e-3, help="alignment learning rate (cosine)")
-    p.add_argument("--qa-steps", type=int, default=200, help="QA training steps")
+    p.add_argument("--qa-steps", type=int, default=260, help="QA training steps")
     p.add_argument("--batch", type=int, default=4, help="images per QA step")
     p.add_argument("--per-type", type=int, default=3, help="questions per type per image")
     p.add_argument("--count-per-type", type=int, default=4, help="count questions per image")

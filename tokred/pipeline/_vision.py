@@ -64,6 +64,13 @@ class VisionStage:
                 f"vision-tower merging changes the tower's token count, which {type(adapter.model).__name__}'s "
                 "projector cannot take (it expects a fixed grid); supported: LLaVA-style models (llava)"
             )
+        feature_layer = getattr(adapter.config, "vision_feature_layer", -1)
+        if isinstance(feature_layer, (list, tuple)) and len(feature_layer) > 1:
+            raise UnsupportedModelError(
+                f"vision-tower merging leaves the tower's layers with different token counts, but "
+                f"{type(adapter.model).__name__} concatenates the hidden states of layers {list(feature_layer)} "
+                "(vision_feature_layer); use a pre-LLM strategy (aim-merge, pooling, random) for this model"
+            )
         self.layers = layers
         self.layout = _LAYOUTS[next(iter(kinds))]
         self.tower: Any = tower
