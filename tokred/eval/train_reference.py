@@ -169,14 +169,16 @@ def _load_features(
 ) -> torch.Tensor:
     parts = []
     t0 = time.perf_counter()
+    computed = 0
     for c in range(0, n, chunk):
         idx = list(range(start + c, start + min(n, c + chunk)))
         path = root / f"feat_{start + c:07d}_{len(idx)}.pt"
         fresh = not path.is_file()
         parts.append(extract_features(model, processor, idx, seed, path))
         if fresh:
-            done = c + len(idx)
-            _log(f"features {done}/{n} from index {start} ({(time.perf_counter() - t0) / done:.3f} s/image)")
+            computed += len(idx)
+            rate = (time.perf_counter() - t0) / computed
+            _log(f"features {c + len(idx)}/{n} from index {start} ({rate:.3f} s/image computed)")
     return torch.cat(parts)
 
 
