@@ -152,22 +152,37 @@ def test_kv_cache_empty_legacy_and_static(tiny_llama):
 # peak memory
 
 
+PEAK_SCRIPT = """
+import json, torch
+from tokred.bench import peak_memory
+mib = 1 << 20
+with peak_memory() as outer:
+    big = torch.ones(96 * mib // 4)  # 96 MiB, touched
+    del big
+    with peak_memory("cpu") as inner:
+        small = torch.ones(40 * mib // 4)
+        del small
+print(json.dumps({"outer": outer.to_dict(), "inner": inner.to_dict()}))
+"""
+
+
 def test_peak_memory_cpu_sees_torch_allocations_and_nests():
+    # A fresh interpreter: in a long test process, freed heap pages of earlier tests can be reused without the
+    # resident size growing, which would make any RSS-based expectation depend on test order.
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT], capture_output=True, text=True, check=True)
+    data = json.loads(out.stdout.strip().splitlines()[-1])
+    outer, inner = data["outer"], data["inner"]
     mib = 1 << 20
-    with peak_memory() as outer:
-        big = torch.ones(96 * mib // 4)  # 96 MiB, touched
-        del big
-        # > 32 MiB (glibc's largest mmap threshold), so the block gets fresh pages rather than reusing freed heap
-        with peak_memory("cpu") as inner:
-            small = torch.ones(40 * mib // 4)
-            del small
-    assert outer.device == inner.device == "cpu"
-    assert inner.delta_bytes >= 36 * mib
-    assert inner.delta_bytes < 80 * mib  # the outer block's freed 96 MiB is not charged to the inner block
-    assert outer.delta_bytes >= 90 * mib  # the inner block's peak reset did not erase the outer peak
-    if outer.exact:
-        assert "clear_refs" in outer.method
-    assert outer.to_dict()["delta_bytes"] == outer.delta_bytes
+    assert outer["device"] == inner["device"] == "cpu"
+    assert inner["delta_bytes"] >= 36 * mib
+    assert inner["delta_bytes"] < 80 * mib  # the outer block's freed 96 MiB is not charged to the inner block
+    assert outer["delta_bytes"] >= 90 * mib  # the inner block's peak reset did not erase the outer peak
+    if outer["exact"]:
+        assert "clear_refs" in outer["method"]
 
 
 @pytest.mark.gpu
