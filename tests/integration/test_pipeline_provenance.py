@@ -46,8 +46,9 @@ def test_random_selection_provenance_marks_dropped_patches():
 
 
 def test_aim_merge_on_vision_keys_matches_a_manual_merge():
-    from tokred.ops import aim_merge_frames
     from tokred.strategies.aim import merge_rounds
+
+    from tokred.ops import aim_merge_frames
 
     model, make_inputs = tiny_model("llava")
     inputs = make_inputs(batch=1, seed=2)
