@@ -111,13 +111,15 @@ def pagerank_importance(
     temperature: float = 0.1,
     iterations: int = 5,
     chunk_size: int = 256,
+    max_matrix_bytes: int = 64 * 2**20,
 ) -> torch.Tensor:
     """AIM's multi-modal importance: PageRank over the sharpened attention matrix, RMS over heads.
 
     ``M_h = softmax((Q_h K_h^T * scaling + mask) / temperature)``, ``pi_h = 1/N`` then ``pi_h <- pi_h M_h``
     ``iterations`` times, and ``s = sqrt(mean_h pi_h ** 2)`` (AIM, arXiv:2412.03248 §3.3). Memory stays bounded:
-    one head's N x N matrix at a time, filled in chunks of ``chunk_size`` query rows, instead of AIM's H x N x N
-    (at N = 6,400 that is 164 MB instead of 4.5 GB for 28 heads). Grouped key heads are indexed, never copied.
+    as many heads' N x N matrices at a time as fit in ``max_matrix_bytes`` (at least one), each filled in chunks
+    of ``chunk_size`` query rows, instead of AIM's H x N x N (at N = 6,400 one head is 164 MB, all 28 are 4.5 GB).
+    Grouped key heads are indexed, never copied.
 
     Args:
         query: Queries of every token, shape (B, H, N, D).
@@ -126,7 +128,8 @@ def pagerank_importance(
         key_mask: Which tokens are real (padding neither attends nor is attended), shape (B, N) bool.
         temperature: Softmax temperature tau.
         iterations: Power iterations.
-        chunk_size: Query rows per chunk while building a head's matrix.
+        chunk_size: Query rows per chunk while building the matrices.
+        max_matrix_bytes: Memory budget of the matrices built at once.
 
     Returns:
         Importance of every token, shape (B, N), float32; padding tokens score 0.
@@ -136,12 +139,16 @@ def pagerank_importance(
     valid = torch.ones(b, n, dtype=torch.bool, device=query.device) if key_mask is None else key_mask.bool()
     start = valid.float() / valid.sum(-1, keepdim=True).clamp_min(1).float()  # (B, N) uniform over real tokens
     sq_sum = torch.zeros(b, n, dtype=torch.float32, device=query.device)
-    for head in range(h):
-        m = _sharpened_matrix(query[:, head], key[:, head // group], valid, scaling / temperature, chunk_size)
-        pi = start.clone()
+    step = max(1, min(h, max_matrix_bytes // max(1, b * n * n * 4)))  # heads per pass
+    for lo in range(0, h, step):
+        heads = torch.arange(lo, min(h, lo + step), device=query.device)
+        q = query[:, heads].flatten(0, 1)  # (B*h', N, D)
+        k = key[:, heads // group].flatten(0, 1)  # (B*h', N, D)
+        m = _sharpened_matrix(q, k, valid.repeat_interleave(len(heads), 0), scaling / temperature, chunk_size)
+        pi = start.repeat_interleave(len(heads), 0)  # (B*h', N)
         for _ in range(iterations):
-            pi = torch.bmm(pi[:, None, :], m)[:, 0]  # (B, N)
-        sq_sum += pi.square()
+            pi = torch.bmm(pi[:, None, :], m)[:, 0]  # (B*h', N)
+        sq_sum += pi.square().view(b, len(heads), n).sum(1)
         del m
     return (sq_sum / h).sqrt()  # (B, N)
 
@@ -149,25 +156,25 @@ def pagerank_importance(
 def _sharpened_matrix(
     q: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, scale: float, chunk_size: int
 ) -> torch.Tensor:
-    """One head's row-stochastic ``softmax(q k^T * scale + causal/padding mask)``, built in row chunks.
+    """Row-stochastic ``softmax(q k^T * scale + causal/padding mask)`` for a batch of heads, built in row chunks.
 
     Args:
-        q: Queries of one head, shape (B, N, D).
-        k: Keys of the matching key head, shape (B, N, D).
-        valid: Real tokens, shape (B, N) bool.
+        q: Queries, shape (G, N, D) (G = batch x heads).
+        k: Keys of the matching key heads, shape (G, N, D).
+        valid: Real tokens, shape (G, N) bool.
         scale: ``scaling / temperature``.
         chunk_size: Rows per chunk.
 
     Returns:
-        The matrix, shape (B, N, N), float32; rows of padding tokens are zero.
+        The matrices, shape (G, N, N), float32; rows of padding tokens are zero.
     """
-    b, n, _ = q.shape
-    m = torch.empty(b, n, n, dtype=torch.float32, device=q.device)
+    g, n, _ = q.shape
+    m = torch.empty(g, n, n, dtype=torch.float32, device=q.device)
     keys = torch.arange(n, device=q.device)
-    kt = k.float().transpose(-1, -2)  # (B, D, N)
+    kt = k.float().transpose(-1, -2)  # (G, D, N)
     for lo in range(0, n, chunk_size):
         hi = min(n, lo + chunk_size)
-        logits = torch.bmm(q[:, lo:hi].float(), kt).mul_(scale)  # (B, c, N)
+        logits = torch.bmm(q[:, lo:hi].float(), kt).mul_(scale)  # (G, c, N)
         allowed = (keys[None, :] <= torch.arange(lo, hi, device=q.device)[:, None])[None] & valid[:, None, :]
         logits.masked_fill_(~allowed, float("-inf"))
         probs = torch.softmax(logits, dim=-1).nan_to_num_(0.0)  # fully masked (padding) rows become 0
