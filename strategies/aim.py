@@ -100,7 +100,7 @@ class PageRankScorer(BaseScorer):
     class Config(ComponentConfig):
         temperature: float = Field(0.1, gt=0.0, le=100.0, description="Softmax temperature tau of the logits.")
         iterations: int = Field(5, ge=1, le=100, description="PageRank power iterations.")
-        chunk_size: int = Field(256, ge=16, le=65536, description="Query rows per chunk (bounds peak memory).")
+        chunk_size: int = Field(1024, ge=16, le=65536, description="Query rows per chunk (bounds peak memory).")
 
     config: PageRankScorer.Config
 

@@ -110,7 +110,7 @@ def pagerank_importance(
     key_mask: torch.Tensor | None = None,
     temperature: float = 0.1,
     iterations: int = 5,
-    chunk_size: int = 256,
+    chunk_size: int = 1024,
     max_matrix_bytes: int = 64 * 2**20,
 ) -> torch.Tensor:
     """AIM's multi-modal importance: PageRank over the sharpened attention matrix, RMS over heads.
@@ -158,6 +158,8 @@ def _sharpened_matrix(
 ) -> torch.Tensor:
     """Row-stochastic ``softmax(q k^T * scale + causal/padding mask)`` for a batch of heads, built in row chunks.
 
+    Every step works in place on the output, so the only memory beyond the (G, N, N) result is one chunk's mask.
+
     Args:
         q: Queries, shape (G, N, D) (G = batch x heads).
         k: Keys of the matching key heads, shape (G, N, D).
@@ -170,13 +172,22 @@ def _sharpened_matrix(
     """
     g, n, _ = q.shape
     m = torch.empty(g, n, n, dtype=torch.float32, device=q.device)
-    keys = torch.arange(n, device=q.device)
     kt = k.float().transpose(-1, -2)  # (G, D, N)
+    padded = not bool(valid.all())
     for lo in range(0, n, chunk_size):
         hi = min(n, lo + chunk_size)
-        logits = torch.bmm(q[:, lo:hi].float(), kt).mul_(scale)  # (G, c, N)
-        allowed = (keys[None, :] <= torch.arange(lo, hi, device=q.device)[:, None])[None] & valid[:, None, :]
-        logits.masked_fill_(~allowed, float("-inf"))
-        probs = torch.softmax(logits, dim=-1).nan_to_num_(0.0)  # fully masked (padding) rows become 0
-        m[:, lo:hi] = probs.mul_(valid[:, lo:hi, None])
+        block = m[:, lo:hi]  # (G, c, N) view
+        if block.is_contiguous():
+            torch.bmm(q[:, lo:hi].float(), kt, out=block)
+        else:
+            block.copy_(torch.bmm(q[:, lo:hi].float(), kt))
+        block.mul_(scale)
+        future = torch.ones(hi - lo, n, dtype=torch.bool, device=q.device).triu_(lo + 1)  # key after the query
+        block.masked_fill_(future, float("-inf"))
+        if padded:
+            block.masked_fill_(~valid[:, None, :], float("-inf"))
+        block.sub_(block.amax(-1, keepdim=True)).exp_()
+        block.div_(block.sum(-1, keepdim=True))
+        if padded:  # rows of padding queries saw no key: NaN -> 0, and they carry no mass
+            block.nan_to_num_(0.0).mul_(valid[:, lo:hi, None])
     return m
