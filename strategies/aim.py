@@ -8,8 +8,8 @@ Where tokred differs from the reference code:
 * pruning really drops tokens (``mode="drop"``, the default): later layers run on shorter sequences and their KV
   cache holds only what they kept. ``mode="mask"`` reproduces the reference behaviour (pruned tokens hidden as keys,
   the cache keeps everything) for parity studies;
-* PageRank is computed one head at a time in chunks (bounded memory) from queries and keys, so any attention
-  backend works, instead of materialising an H x N x N tensor under eager attention;
+* PageRank is computed a few heads at a time over row chunks of the causal triangle (bounded memory) from queries
+  and keys, so any attention backend works, instead of materialising an H x N x N tensor under eager attention;
 * batches of any size and any number of images work; spans come from ``input_ids``;
 * for images the merge metric is the projected features by default; ``metric="keys"`` uses the vision tower's
   last-layer keys, as the LLaVA-1.5 variant does, but merges the *projected* features (after the projector, where
@@ -100,7 +100,7 @@ class PageRankScorer(BaseScorer):
     class Config(ComponentConfig):
         temperature: float = Field(0.1, gt=0.0, le=100.0, description="Softmax temperature tau of the logits.")
         iterations: int = Field(5, ge=1, le=100, description="PageRank power iterations.")
-        chunk_size: int = Field(1024, ge=16, le=65536, description="Query rows per chunk (bounds peak memory).")
+        chunk_size: int = Field(128, ge=16, le=65536, description="Query rows per chunk (bounds peak memory).")
 
     config: PageRankScorer.Config
 

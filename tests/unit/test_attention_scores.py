@@ -96,3 +96,25 @@ def test_aim_scorer_matches_dense_pagerank():
         scaling=0.35,
     )
     torch.testing.assert_close(scorer.score(ctx), dense_pagerank(q, k, 0.35), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("chunk", [4, 16, 1024])
+def test_pagerank_ignores_left_padding(chunk):
+    """Padding neither attends nor is attended: real tokens score as if the padding were absent."""
+    q, k = _qk(b=1, n=21)
+    pad = 6
+    qp = torch.cat([torch.randn(1, 4, pad, 8), q], dim=2)
+    kp = torch.cat([torch.randn(1, 2, pad, 8), k], dim=2)
+    mask = torch.ones(1, 21 + pad, dtype=torch.bool)
+    mask[0, :pad] = False
+    got = pagerank_importance(qp, kp, scaling=0.35, key_mask=mask, chunk_size=chunk)
+    assert torch.all(got[:, :pad] == 0)
+    torch.testing.assert_close(got[:, pad:], dense_pagerank(q, k, 0.35), rtol=1e-5, atol=1e-7)
+
+
+def test_pagerank_head_batches_agree():
+    """One head per pass (tiny memory budget) gives the same scores as all heads at once."""
+    q, k = _qk(n=40)
+    one = pagerank_importance(q, k, scaling=0.35, chunk_size=8, max_matrix_bytes=1)
+    allh = pagerank_importance(q, k, scaling=0.35, chunk_size=8)
+    torch.testing.assert_close(one, allh, rtol=1e-6, atol=0)

@@ -110,16 +110,18 @@ def pagerank_importance(
     key_mask: torch.Tensor | None = None,
     temperature: float = 0.1,
     iterations: int = 5,
-    chunk_size: int = 1024,
+    chunk_size: int = 128,
     max_matrix_bytes: int = 64 * 2**20,
 ) -> torch.Tensor:
     """AIM's multi-modal importance: PageRank over the sharpened attention matrix, RMS over heads.
 
     ``M_h = softmax((Q_h K_h^T * scaling + mask) / temperature)``, ``pi_h = 1/N`` then ``pi_h <- pi_h M_h``
     ``iterations`` times, and ``s = sqrt(mean_h pi_h ** 2)`` (AIM, arXiv:2412.03248 §3.3). Memory stays bounded:
-    as many heads' N x N matrices at a time as fit in ``max_matrix_bytes`` (at least one), each filled in chunks
-    of ``chunk_size`` query rows, instead of AIM's H x N x N (at N = 6,400 one head is 164 MB, all 28 are 4.5 GB).
-    Grouped key heads are indexed, never copied.
+    the causal matrix is stored as row chunks of its lower triangle only (a chunk of rows ``[lo, hi)`` can only
+    see keys ``[0, hi)``), for as many heads at a time as fit in ``max_matrix_bytes`` (at least one), instead of
+    AIM's dense H x N x N (at N = 6,400 one head's triangle is 84 MB, AIM's 28 full matrices 4.5 GB). The
+    triangle also halves the work of building the matrix and of every power iteration. Grouped key heads are
+    indexed, never copied.
 
     Args:
         query: Queries of every token, shape (B, H, N, D).
@@ -128,7 +130,7 @@ def pagerank_importance(
         key_mask: Which tokens are real (padding neither attends nor is attended), shape (B, N) bool.
         temperature: Softmax temperature tau.
         iterations: Power iterations.
-        chunk_size: Query rows per chunk while building the matrices.
+        chunk_size: Query rows per chunk (smaller chunks follow the triangle more closely).
         max_matrix_bytes: Memory budget of the matrices built at once.
 
     Returns:
@@ -139,26 +141,28 @@ def pagerank_importance(
     valid = torch.ones(b, n, dtype=torch.bool, device=query.device) if key_mask is None else key_mask.bool()
     start = valid.float() / valid.sum(-1, keepdim=True).clamp_min(1).float()  # (B, N) uniform over real tokens
     sq_sum = torch.zeros(b, n, dtype=torch.float32, device=query.device)
-    step = max(1, min(h, max_matrix_bytes // max(1, b * n * n * 4)))  # heads per pass
+    head_bytes = b * 4 * n * (n + chunk_size) // 2  # one head's stored triangle, all batch rows
+    step = max(1, min(h, max_matrix_bytes // max(1, head_bytes)))  # heads per pass
     for lo in range(0, h, step):
         heads = torch.arange(lo, min(h, lo + step), device=query.device)
         q = query[:, heads].flatten(0, 1)  # (B*h', N, D)
         k = key[:, heads // group].flatten(0, 1)  # (B*h', N, D)
-        m = _sharpened_matrix(q, k, valid.repeat_interleave(len(heads), 0), scaling / temperature, chunk_size)
+        blocks = _sharpened_blocks(q, k, valid.repeat_interleave(len(heads), 0), scaling / temperature, chunk_size)
         pi = start.repeat_interleave(len(heads), 0)  # (B*h', N)
         for _ in range(iterations):
-            pi = torch.bmm(pi[:, None, :], m)[:, 0]  # (B*h', N)
+            pi = _propagate(pi, blocks)
         sq_sum += pi.square().view(b, len(heads), n).sum(1)
-        del m
+        del blocks
     return (sq_sum / h).sqrt()  # (B, N)
 
 
-def _sharpened_matrix(
+def _sharpened_blocks(
     q: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, scale: float, chunk_size: int
-) -> torch.Tensor:
-    """Row-stochastic ``softmax(q k^T * scale + causal/padding mask)`` for a batch of heads, built in row chunks.
+) -> list[tuple[int, torch.Tensor]]:
+    """Row chunks of the causal, row-stochastic ``softmax(q k^T * scale + padding mask)`` for a batch of heads.
 
-    Every step works in place on the output, so the only memory beyond the (G, N, N) result is one chunk's mask.
+    Rows ``[lo, hi)`` attend keys ``[0, hi)`` only, so each chunk stores just those columns; the causal mask is
+    needed on the chunk's diagonal tile alone. The scale is applied inside the matrix product (BLAS ``alpha``).
 
     Args:
         q: Queries, shape (G, N, D) (G = batch x heads).
@@ -168,26 +172,40 @@ def _sharpened_matrix(
         chunk_size: Rows per chunk.
 
     Returns:
-        The matrices, shape (G, N, N), float32; rows of padding tokens are zero.
+        ``(lo, block)`` pairs, ``block`` of shape (G, hi - lo, hi), float32; rows of padding tokens are zero.
     """
     g, n, _ = q.shape
-    m = torch.empty(g, n, n, dtype=torch.float32, device=q.device)
-    kt = k.float().transpose(-1, -2)  # (G, D, N)
+    qf, kt = q.float(), k.float().transpose(-1, -2)  # (G, N, D), (G, D, N)
     padded = not bool(valid.all())
+    blocks = []
     for lo in range(0, n, chunk_size):
         hi = min(n, lo + chunk_size)
-        block = m[:, lo:hi]  # (G, c, N) view
-        if block.is_contiguous():
-            torch.bmm(q[:, lo:hi].float(), kt, out=block)
-        else:
-            block.copy_(torch.bmm(q[:, lo:hi].float(), kt))
-        block.mul_(scale)
-        future = torch.ones(hi - lo, n, dtype=torch.bool, device=q.device).triu_(lo + 1)  # key after the query
-        block.masked_fill_(future, float("-inf"))
+        logits = torch.empty(g, hi - lo, hi, dtype=torch.float32, device=q.device)
+        torch.baddbmm(logits, qf[:, lo:hi], kt[:, :, :hi], beta=0.0, alpha=scale, out=logits)  # (G, c, hi)
+        future = torch.ones(hi - lo, hi - lo, dtype=torch.bool, device=q.device).triu_(1)  # key after query
+        logits[:, :, lo:hi].masked_fill_(future, float("-inf"))
         if padded:
-            block.masked_fill_(~valid[:, None, :], float("-inf"))
-        block.sub_(block.amax(-1, keepdim=True)).exp_()
-        block.div_(block.sum(-1, keepdim=True))
+            logits.masked_fill_(~valid[:, None, :hi], float("-inf"))
+        block = torch.softmax(logits, dim=-1)  # (G, c, hi)
+        del logits
         if padded:  # rows of padding queries saw no key: NaN -> 0, and they carry no mass
             block.nan_to_num_(0.0).mul_(valid[:, lo:hi, None])
-    return m
+        blocks.append((lo, block))
+    return blocks
+
+
+def _propagate(pi: torch.Tensor, blocks: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
+    """One power-iteration step ``pi M`` over the stored row chunks of M.
+
+    Args:
+        pi: Current distribution, shape (G, N).
+        blocks: Output of :func:`_sharpened_blocks`.
+
+    Returns:
+        ``pi M``, shape (G, N).
+    """
+    out = torch.zeros_like(pi)  # (G, N)
+    for lo, block in blocks:
+        c, hi = block.shape[1], block.shape[2]
+        out[:, :hi] += torch.bmm(pi[:, None, lo : lo + c], block)[:, 0]  # (G, hi)
+    return out
