@@ -551,6 +551,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--proj-lr", type=float, default=1e-3, help="projector learning rate in the QA phase")
     p.add_argument("--warmup", type=int, default=20, help="warm-up steps")
     p.add_argument("--decay-frac", type=float, default=0.3, help="fraction of QA steps with cosine decay")
+    p.add_argument(
+        "--restart-step",
+        type=int,
+        default=0,
+        help="warm restart: from this QA step on, the schedule (warm-up, constant, cosine) restarts and runs to "
+        "--qa-steps; use with --resume to train an exported model further with a fresh schedule",
+    )
     p.add_argument("--ckpt-every", type=int, default=20, help="checkpoint every N QA steps")
     p.add_argument("--eval-every", type=int, default=100, help="validation every N QA steps (0: never)")
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop QA (with a checkpoint) after this many")
@@ -688,6 +695,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if "qa_opt" in state:
         opt.load_state_dict(state["qa_opt"])
+        # load_state_dict restores the saved hyper-parameters; the base rates come from this command.
+        for g, base in zip(opt.param_groups, (args.lr, args.proj_lr)):
+            g["base"] = base
     model.train()
     n_lora = sum(p.numel() for p in lora_params)
     _log(
@@ -720,7 +730,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     stopped_early = False
     while state["qa_step"] < args.qa_steps:
         step = state["qa_step"]
-        f = _lr_factor(step, args.qa_steps, args.warmup, args.decay_frac)
+        if args.restart_step and step >= args.restart_step:
+            f = _lr_factor(step - args.restart_step, args.qa_steps - args.restart_step, args.warmup, args.decay_frac)
+        else:
+            f = _lr_factor(step, args.qa_steps, args.warmup, args.decay_frac)
         for g in opt.param_groups:
             g["lr"] = g["base"] * f
         rows = [(step * args.batch + k) % args.train_images for k in range(args.batch)]
