@@ -28,6 +28,7 @@ from tokred._components import (
     compose,
 )
 from tokred._config import ComponentConfig
+from tokred._plugins import register_plugin
 from tokred.errors import (
     ConfigError,
     RegistrationError,
@@ -73,6 +74,7 @@ __all__ = [
     "list_components",
     "list_strategies",
     "patch",
+    "register_plugin",
 ]
 
 

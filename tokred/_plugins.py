@@ -1,6 +1,7 @@
 """Plugin manager: loads built-in and third-party plugins and builds the component registries.
 
-Built-ins are registered by module name through the same hooks as third-party plugins. Environment switches:
+Built-ins are registered by module name through the same hooks as third-party plugins, which come from entry points
+or, in-process, from ``register_plugin``. Environment switches:
 
 * ``TOKRED_DISABLE_PLUGIN_AUTOLOAD=1``: do not load entry points of the ``tokred`` group (built-ins still load);
 * ``TOKRED_DISABLED_PLUGINS=a,b``: block these plugin names (entry-point names or built-in module names);
@@ -129,9 +130,9 @@ def build_registries(pm: pluggy.PluginManager) -> Registries:
     trace = _env_true("TOKRED_TRACE_PLUGINS")
     for hook_name, registry in hooks:
         caller = getattr(pm.hook, hook_name)
-        # Each implementation gets its own register callback so that errors name the plugin; pluggy would call
-        # them last-registered first, so walk them in load order instead.
-        for impl in reversed(caller.get_hookimpls()):
+        # Each implementation gets its own register callback so that errors name the plugin. get_hookimpls() lists
+        # them in load order (pluggy would call them last-registered first), so built-ins register first.
+        for impl in caller.get_hookimpls():
             if trace:
                 print(f"[tokred] hook {hook_name}: plugin {impl.plugin_name}", file=sys.stderr)
             impl.function(register=_registrar(registry, impl.plugin_name))
@@ -145,8 +146,74 @@ def _registrar(registry: Registry[Any], plugin_name: str) -> Callable[[Any], Non
     return register
 
 
+def register_plugin(plugin: object, name: str | None = None) -> str | None:
+    """Register a plugin in this process and rebuild the registries, so that its components can be used at once.
+
+    An installed package registers through the ``tokred`` entry-point group instead; this is for hook
+    implementations that are not packaged, in a script, a notebook or a test. The registration lasts as long as the
+    process's plugin manager (``reset_plugins()`` forgets it); other processes, such as the ``tokred`` command line,
+    do not see it.
+
+    Args:
+        plugin: A module, class or object whose functions marked [`@tokred.hookimpl`][tokred.hookimpl] are named
+            after tokred's hooks (e.g. ``sys.modules[__name__]`` for the calling module).
+        name: The plugin's name, as ``TOKRED_DISABLED_PLUGINS`` and ``tokred plugins`` know it; default: the module
+            name, or an id for other objects.
+
+    Returns:
+        The name the plugin was registered under, or ``None`` if ``TOKRED_DISABLED_PLUGINS`` blocks that name.
+
+    Raises:
+        RegistrationError: If the plugin or its name is already registered, a function is not a valid
+            implementation of the hook it is named after, or a component it registers is refused (a duplicate name
+            or a wrong base class). The plugin is not kept then.
+
+    Example:
+        >>> import tokred
+        >>> class Halving(tokred.BaseScheduler):
+        ...     '''Halve the visual tokens at every layer.'''
+        ...     name = "halving"
+        ...     def _budgets(self, num_layers, num_tokens):
+        ...         return [num_tokens >> layer for layer in range(num_layers)]
+        >>> class MyPlugin:
+        ...     @tokred.hookimpl
+        ...     def tokred_register_schedulers(self, register):
+        ...         register(Halving)
+        >>> tokred.register_plugin(MyPlugin(), name="my-plugin")
+        'my-plugin'
+        >>> "halving" in tokred.list_components("schedulers")
+        True
+    """
+    from tokred.errors import RegistrationError
+
+    global _registries
+    pm = get_plugin_manager()
+    if pm.is_registered(plugin):
+        raise RegistrationError(f"plugin {plugin!r} is already registered, as {pm.get_name(plugin)!r}")
+    if name is not None and pm.has_plugin(name):
+        raise RegistrationError(f"a plugin named {name!r} is already registered ({pm.get_plugin(name)!r})")
+    try:
+        registered = pm.register(plugin, name=name)
+    except pluggy.PluginValidationError as err:
+        raise RegistrationError(f"cannot register plugin {name or plugin!r}: {err}") from err
+    if registered is None:
+        return None
+    try:  # validate now, so that a bad plugin fails here and is not kept
+        pm.check_pending()  # a @hookimpl whose name matches no tokred hook
+        registries = build_registries(pm)
+    except pluggy.PluginValidationError as err:
+        pm.unregister(plugin)
+        raise RegistrationError(f"cannot register plugin {registered!r}: {err}") from err
+    except BaseException:
+        pm.unregister(plugin)
+        raise
+    _registries = registries
+    return registered
+
+
 def reset_plugins() -> None:
-    """Forget the plugin manager and registries (tests, or after installing a plugin in-process)."""
+    """Forget the plugin manager and registries, plugins registered in-process included (tests, or after installing
+    a plugin package in-process)."""
     global _manager, _registries
     _manager = None
     _registries = None

@@ -13,7 +13,12 @@ PYCON = re.compile(r"^```pycon[^\n]*\n(?P<body>.*?)^```", re.MULTILINE | re.DOTA
 
 
 def test_examples_are_found():
-    assert {p.name for p in EXAMPLE_FILES} >= {"quickstart.py", "reproduce_aim_flops.py", "patch_tiny_model.py"}
+    assert {p.name for p in EXAMPLE_FILES} >= {
+        "quickstart.py",
+        "reproduce_aim_flops.py",
+        "patch_tiny_model.py",
+        "custom_adapter.py",
+    }
 
 
 @pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.name)

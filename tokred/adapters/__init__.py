@@ -1,8 +1,9 @@
 """Model adapters: the only code that knows where a transformers model family keeps what tokred needs.
 
 Adapters register through the ``tokred_register_adapters`` hook; ``tokred_model_adapter`` picks one per model. The
-built-in family adapters come first and the generic adapter ([`ModelAdapter`][tokred.adapters.ModelAdapter]) last, so
-a family override wins and every other model following the generic contract still works.
+generic adapter ([`ModelAdapter`][tokred.adapters.ModelAdapter]) is tried after every family adapter, so a family
+override wins (whether it comes from tokred, an installed plugin or [`register_plugin`][tokred.register_plugin]) and
+every other model following the generic contract still works.
 """
 
 from __future__ import annotations
@@ -26,8 +27,13 @@ SUPPORTED_FAMILIES = (
 
 @hookimpl(trylast=True)
 def tokred_model_adapter(model: Any, adapters: Sequence[type[Any]]) -> type[Any] | None:
-    """Default choice: the first registered adapter whose ``matches(model)`` is true."""
-    for adapter in adapters:
+    """Default choice: the first registered adapter whose ``matches(model)`` is true, the generic one tried last.
+
+    The generic adapter matches every model with ``get_image_features``, ``get_decoder`` and an image token id, so it
+    is tried after all the others: a family adapter wins wherever it comes from (tokred, an installed plugin or
+    ``register_plugin``).
+    """
+    for adapter in sorted(adapters, key=lambda a: a is ModelAdapter):  # stable: registration order otherwise
         if adapter.matches(model):
             return adapter
     return None
