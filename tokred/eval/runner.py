@@ -66,8 +66,22 @@ def image_token_id_of(model: Any) -> int:
     raise ValueError(f"{type(model).__name__} has no image_token_id in its config")
 
 
+class _ModelFacts:
+    """``image_token_id`` and ``image_grid`` of a runner, read from its ``model``."""
+
+    model: Any
+
+    @property
+    def image_token_id(self) -> int:
+        return image_token_id_of(self.model)
+
+    @property
+    def image_grid(self) -> tuple[int, int] | None:
+        return _square_grid(self.model)
+
+
 @dataclass
-class HFRunner:
+class HFRunner(_ModelFacts):
     """Runner for a transformers model and its processor (chat template with an image slot)."""
 
     model: Any
@@ -88,17 +102,9 @@ class HFRunner:
         texts = self.processor.tokenizer.batch_decode(generated, skip_special_tokens=True)
         return [first_word(t) for t in texts]
 
-    @property
-    def image_token_id(self) -> int:
-        return image_token_id_of(self.model)
-
-    @property
-    def image_grid(self) -> tuple[int, int] | None:
-        return _square_grid(self.model)
-
 
 @dataclass
-class TinyRunner:
+class TinyRunner(_ModelFacts):
     """Runner over a tiny random LLaVA-style model (tests only: answers are digits derived from token ids)."""
 
     family: str = "llava"
@@ -115,14 +121,6 @@ class TinyRunner:
 
     def decode(self, generated: torch.Tensor) -> list[str]:
         return [str(int(row[0]) % 5) for row in generated]
-
-    @property
-    def image_token_id(self) -> int:
-        return image_token_id_of(self.model)
-
-    @property
-    def image_grid(self) -> tuple[int, int] | None:
-        return _square_grid(self.model)
 
 
 def _square_grid(model: Any) -> tuple[int, int] | None:

@@ -255,21 +255,8 @@ def _qwen_vision(kind: str) -> dict[str, Any]:
             temporal_patch_size=2,
             in_channels=3,
         )
-    if kind == "qwen2_5_vl":
-        return dict(
-            depth=2,
-            hidden_size=32,
-            out_hidden_size=64,
-            intermediate_size=64,
-            num_heads=2,
-            patch_size=2,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-            in_channels=3,
-            window_size=8,
-            fullatt_block_indexes=[1],
-        )
-    return dict(
+    # Qwen2.5-VL and Qwen3-VL share these and differ in window attention vs DeepStack.
+    common: dict[str, Any] = dict(
         depth=2,
         hidden_size=32,
         out_hidden_size=64,
@@ -279,9 +266,10 @@ def _qwen_vision(kind: str) -> dict[str, Any]:
         spatial_merge_size=2,
         temporal_patch_size=2,
         in_channels=3,
-        num_position_embeddings=64,
-        deepstack_visual_indexes=[0, 1],
     )
+    if kind == "qwen2_5_vl":
+        return {**common, "window_size": 8, "fullatt_block_indexes": [1]}
+    return {**common, "num_position_embeddings": 64, "deepstack_visual_indexes": [0, 1]}
 
 
 def _build_qwen(kind: str, **overrides: Any) -> Any:
