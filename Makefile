@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.tokred-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup compare test lint typecheck docs clean
+.PHONY: setup compare test test-oldest test-latest lint typecheck docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,6 +27,16 @@ test: setup
 	$(BIN)/mypy tokred
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -q
 
+# The suite on the oldest transformers pyproject.toml admits (its lower bound), in its own venv (.venv-oldest).
+# CI runs it after `make test`, which runs on the newest admitted version.
+test-oldest:
+	$(PY) scripts/transformers_matrix.py oldest
+
+# The canary: the suite on the newest transformers release the registry offers, ignoring our upper bound
+# (.venv-latest). It prints the version it tried and every failing test. Not part of CI; see README "Development".
+test-latest:
+	$(PY) scripts/transformers_matrix.py latest
+
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -40,4 +50,4 @@ docs: setup
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 clean:
-	rm -rf $(VENV) build dist site *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .venv-oldest .venv-latest build dist site *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

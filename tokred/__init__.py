@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from tokred._api import create_component, create_strategy, get_strategy_class, list_components, list_strategies
+from tokred._compat import check_version as _check_transformers_version
 from tokred._components import (
     BaseMerger,
     BaseScheduler,
@@ -43,6 +44,8 @@ if TYPE_CHECKING:  # real types for type checkers; at run time these load lazily
     from tokred.pipeline import PatchHandle, ReductionStats, patch
 
 __version__ = "0.1.0"
+
+_check_transformers_version()  # one warning line when transformers is outside the tested range
 
 __all__ = [
     "BaseMerger",

@@ -205,11 +205,9 @@ def time_interleaved(
 # KV cache
 # ----------------------------------------------------------------------------------------------------------------
 
+
 # Tensors of a cache layer that hold cached keys/values: the full-precision states, plus the quantized storage of
 # transformers' quantized layers (``QuantizedLayer`` keeps recent tokens in ``keys``/``values`` as a residual).
-_KV_ATTRIBUTES = ("keys", "values", "_quantized_keys", "_quantized_values")
-
-
 def _tensor_bytes(obj: Any) -> int:
     """Bytes of the tensors in ``obj`` (a tensor, or a tuple/list of them, e.g. FP8 ``(data, scale)``)."""
     if obj is None:
@@ -220,23 +218,6 @@ def _tensor_bytes(obj: Any) -> int:
     if callable(numel) and callable(element_size):
         return int(numel()) * int(element_size())
     return 0
-
-
-def _cache_layers(cache: Any) -> list[Any]:
-    """The per-layer entries of a cache: ``Cache.layers`` objects, or ``(keys, values, ...)`` legacy tuples."""
-    if cache is None:
-        return []
-    if hasattr(cache, "self_attention_cache"):  # EncoderDecoderCache
-        return _cache_layers(cache.self_attention_cache) + _cache_layers(cache.cross_attention_cache)
-    layers = getattr(cache, "layers", None)
-    if layers is not None:
-        return list(layers)
-    if isinstance(cache, (tuple, list)):
-        return list(cache)
-    raise TypeError(
-        f"cannot read a KV cache from {type(cache).__name__}: expected a transformers Cache (with .layers) "
-        "or a tuple of per-layer (keys, values) tuples"
-    )
 
 
 def kv_cache_bytes(cache: Any) -> int:
@@ -250,7 +231,7 @@ def kv_cache_bytes(cache: Any) -> int:
     conv/recurrent states, sparse-attention indexer keys, allocator slack.
 
     Args:
-        cache: ``outputs.past_key_values`` or a cache object.
+        cache: A model output's cache (``tokred.adapters.hf.output_cache(outputs)``) or a cache object.
 
     Returns:
         Bytes (0 for ``None``).
@@ -258,30 +239,9 @@ def kv_cache_bytes(cache: Any) -> int:
     Raises:
         TypeError: If ``cache`` is not a recognised cache.
     """
-    total = 0
-    for layer in _cache_layers(cache):
-        if isinstance(layer, (tuple, list)):
-            total += _tensor_bytes(layer[:2])
-        elif layer is not None:
-            total += sum(_tensor_bytes(getattr(layer, name, None)) for name in _KV_ATTRIBUTES)
-    return total
+    from tokred.adapters import hf
 
-
-def _layer_length(layer: Any) -> int:
-    """Tokens stored in one cache layer."""
-    if layer is None:
-        return 0
-    if isinstance(layer, (tuple, list)):
-        keys = layer[0] if layer else None
-    else:
-        keys = getattr(layer, "keys", None)
-    shape = getattr(keys, "shape", None)
-    stored = int(shape[-2]) if shape is not None and len(shape) >= 2 else 0
-    if hasattr(layer, "_quantized_keys"):  # keys hold only the full-precision residual
-        return int(layer.get_seq_length())
-    if hasattr(layer, "max_cache_len"):  # pre-allocated buffer: only the filled part counts
-        return min(stored, int(layer.get_seq_length()))
-    return stored
+    return sum(_tensor_bytes(t) for layer in hf.cache_layers(cache) for t in hf.cache_layer_tensors(layer))
 
 
 def kv_cache_lengths(cache: Any) -> list[int]:
@@ -293,7 +253,7 @@ def kv_cache_lengths(cache: Any) -> list[int]:
     ``EncoderDecoderCache`` the self-attention layers come first, then the cross-attention ones.
 
     Args:
-        cache: ``outputs.past_key_values`` or a cache object.
+        cache: A model output's cache (``tokred.adapters.hf.output_cache(outputs)``) or a cache object.
 
     Returns:
         One length per layer (empty for ``None``); feed it to ``tokred.flops.decode_step_flops``.
@@ -301,7 +261,9 @@ def kv_cache_lengths(cache: Any) -> list[int]:
     Raises:
         TypeError: If ``cache`` is not a recognised cache.
     """
-    return [_layer_length(layer) for layer in _cache_layers(cache)]
+    from tokred.adapters import hf
+
+    return [hf.cache_layer_length(layer) for layer in hf.cache_layers(cache)]
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from tokred._components import Strategy
+from tokred.adapters import hf
 from tokred.errors import ConfigError
 from tokred.eval.datasets import Sample, exact_match, normalize_answer
 from tokred.eval.runner import Runner
@@ -280,7 +281,7 @@ def measure_costs(runner: Runner, variants: list[Variant], sample: Sample, setti
                 if r == 0:
                     with peak_memory(runner.model.device) as mem, torch.inference_mode():
                         out = runner.model(**inputs, use_cache=True)
-                    memory[v.label] = {"kv_cache_bytes": kv_cache_bytes(out.past_key_values), "peak": mem}
+                    memory[v.label] = {"kv_cache_bytes": kv_cache_bytes(hf.output_cache(out)), "peak": mem}
             if r > 0:
                 prefill[v.label].append(t1)
                 total[v.label].append(tn)

@@ -13,6 +13,7 @@ import functools
 import pytest
 import torch
 
+from tokred.adapters import hf
 from tokred.testing.models import tiny_model
 
 FAMILIES = [
@@ -113,7 +114,7 @@ def reference_last_logits(model, inputs, keeps: dict[int, torch.Tensor], prompt_
                 attention_mask=mask,
                 position_embeddings=pe_sub,
                 position_ids=None,
-                past_key_values=None,
+                **{hf.CACHE_KWARG: None},
                 use_cache=False,
             )
             out = out[0] if isinstance(out, tuple) else out

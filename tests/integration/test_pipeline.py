@@ -7,6 +7,7 @@ import torch
 from conftest import reference_last_logits
 
 import tokred
+from tokred.adapters import hf
 from tokred.pipeline import patch
 
 pytestmark = pytest.mark.integration
@@ -79,7 +80,7 @@ def test_pruned_layer_cache_holds_only_kept_tokens(tiny, strategy, options):
     n = inputs["input_ids"].shape[1]
     with patch(model, strategy, **options) as handle, torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=3, do_sample=False, return_dict_in_generate=True)
-        cache = out.past_key_values
+        cache = hf.output_cache(out)
         lengths = [layer.keys.shape[-2] for layer in cache.layers]
         tokens = handle.stats.tokens_per_layer
     generated = 2  # the last token is never fed back

@@ -9,6 +9,7 @@ from tokred.schedules.constant import ConstantScheduler
 from tokred.strategies.fastv import LastTokenAttentionScorer
 
 import tokred
+from tokred.adapters import hf
 from tokred.errors import ConfigError, TokredError, UnsupportedModeError, UnsupportedModelError
 from tokred.pipeline import patch
 from tokred.testing.models import tiny_model
@@ -105,7 +106,7 @@ def test_multi_token_step_on_non_empty_cache_raises():
         nxt = torch.tensor([[5, 6]])
         mask = torch.ones(1, inputs["input_ids"].shape[1] + 2, dtype=torch.long)
         with pytest.raises(UnsupportedModeError, match="non-empty cache"):
-            model(input_ids=nxt, attention_mask=mask, past_key_values=out.past_key_values)
+            model(input_ids=nxt, attention_mask=mask, **{hf.CACHE_KWARG: hf.output_cache(out)})
 
 
 def test_sliding_window_shorter_than_sequence_raises():

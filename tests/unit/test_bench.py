@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tokred import bench
+from tokred.adapters import hf
 from tokred.bench import TimingStats, kv_cache_bytes, kv_cache_lengths, peak_memory, time_interleaved
 from tokred.flops import decode_step_flops
 
@@ -105,14 +106,14 @@ def test_kv_cache_bytes_on_real_dynamic_cache(tiny_llama):
     from transformers import DynamicCache
 
     out = prefill(tiny_llama)
-    cache = out.past_key_values
+    cache = hf.output_cache(out)
     assert isinstance(cache, DynamicCache)
     per_tensor = BATCH * KV_HEADS * SEQ * HEAD_DIM * 4  # float32
     assert kv_cache_bytes(cache) == LAYERS * 2 * per_tensor
     assert kv_cache_lengths(cache) == [SEQ] * LAYERS
 
     with torch.no_grad():  # one decode step appends one token per layer
-        tiny_llama(input_ids=out.logits[:, -1:].argmax(-1), past_key_values=cache, use_cache=True)
+        tiny_llama(input_ids=out.logits[:, -1:].argmax(-1), use_cache=True, **{hf.CACHE_KWARG: cache})
     assert kv_cache_lengths(cache) == [SEQ + 1] * LAYERS
     assert kv_cache_bytes(cache) == LAYERS * 2 * BATCH * KV_HEADS * (SEQ + 1) * HEAD_DIM * 4
 
@@ -140,7 +141,7 @@ def test_kv_cache_empty_legacy_and_static(tiny_llama):
     static = StaticCache(config=tiny_llama.config, max_cache_len=16)
     ids = torch.randint(0, 100, (1, SEQ))
     with torch.no_grad():
-        tiny_llama(input_ids=ids, past_key_values=static, use_cache=True)
+        tiny_llama(input_ids=ids, use_cache=True, **{hf.CACHE_KWARG: static})
     assert kv_cache_lengths(static) == [SEQ] * LAYERS  # filled positions
     assert kv_cache_bytes(static) == LAYERS * 2 * 1 * KV_HEADS * 16 * HEAD_DIM * 4  # the whole buffer is held
 

@@ -1,11 +1,13 @@
 """The generic model adapter: one class for every model that follows the common transformers 5.x contract.
 
-The contract (transformers 5.18 to 5.23, checked structurally at patch time): the model's base model has
+The contract (every transformers version in `tokred.adapters.hf.TESTED_RANGE`, checked structurally at patch time):
+the model's base model has
 ``get_image_features`` returning a ``BaseModelOutputWithPooling`` whose ``pooler_output`` holds the projected features
 of each image; the features fill the ``image_token_id`` placeholders of ``input_ids`` in order; ``forward`` accepts
 ``mm_encoder_outputs``; ``get_decoder()`` returns a standard decoder with ``layers`` (each with ``self_attn``), a
 rotary embedding and 1-D positions folded into cos/sin before the layers. Family adapters
-(`tokred.adapters.families`) override only what differs.
+(`tokred.adapters.families`) override only what differs. Call keywords, caches, registries and output fields are
+named in the transformers seam (`tokred.adapters.hf`), not here.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from tokred.adapters import hf
 from tokred.errors import UnsupportedModelError
 
 
@@ -81,12 +84,15 @@ class ModelAdapter:
         layers = getattr(self.decoder, "layers", None)
         if not isinstance(layers, torch.nn.ModuleList) or len(layers) == 0:
             problems.append("its decoder has no 'layers' ModuleList")
-        elif not all(hasattr(layer, "self_attn") for layer in layers):
+        elif not all(hasattr(layer, "self_attn") for layer in layers):  # hf.layer_attention
             problems.append("its decoder layers have no 'self_attn' module")
         if getattr(self.decoder, "rotary_emb", None) is None:
             problems.append("its decoder has no rotary embedding ('rotary_emb')")
-        if "mm_encoder_outputs" not in inspect.signature(self.base.forward).parameters:
-            problems.append("its forward does not accept 'mm_encoder_outputs' (transformers >= 5.18 is required)")
+        if not hf.accepts_mm_encoder_outputs(self.base):
+            problems.append(
+                f"its forward does not accept precomputed encoder outputs ('{hf.MM_ENCODER_OUTPUTS}'; transformers "
+                f">= {hf.TESTED_RANGE[0]} is required)"
+            )
         if problems:
             raise UnsupportedModelError(
                 f"{type(self.model).__name__} does not follow the generic multimodal contract: {'; '.join(problems)}"
@@ -126,7 +132,7 @@ class ModelAdapter:
         """Whether image tokens attend to each other bidirectionally (e.g. Gemma3, PaliGemma)."""
         if getattr(self.text_config, "use_bidirectional_attention", False):
             return True
-        return "token_type_ids" in inspect.signature(self.base.forward).parameters
+        return hf.accepts_token_types(self.base)
 
     # ------------------------------------------------------------------------------------- tokens
 
@@ -157,6 +163,33 @@ class ModelAdapter:
         """Number of decoder layers."""
         return len(self.decoder.layers)
 
+    def decoder_layers(self) -> torch.nn.ModuleList:
+        """The decoder layers, in order."""
+        return self.decoder.layers
+
+    def attention_modules(self) -> list[torch.nn.Module]:
+        """The self-attention module of every decoder layer, in order."""
+        return [hf.layer_attention(layer) for layer in self.decoder.layers]
+
+    @property
+    def pad_token_id(self) -> int:
+        """Token id used for the padding a pre-LLM reduction adds (0 when the config names none)."""
+        return int(getattr(self.text_config, "pad_token_id", None) or 0)
+
+    @property
+    def model_type(self) -> str:
+        """The config's ``model_type`` (``"llava"``, ``"qwen2_vl"``, ...)."""
+        return str(getattr(self.config, "model_type", ""))
+
+    def vision_tower(self) -> torch.nn.Module | None:
+        """The vision encoder, or ``None`` if the base model has no ``vision_tower``."""
+        return getattr(self.base, "vision_tower", None)
+
+    def vision_feature_layers(self) -> list[int]:
+        """The vision-tower layers whose hidden states the projector reads (several are concatenated)."""
+        layer = getattr(self.config, "vision_feature_layer", -1)
+        return [int(x) for x in layer] if isinstance(layer, (list, tuple)) else [int(layer)]
+
     def sliding_windows(self) -> list[int | None]:
         """Sliding window of every decoder layer (``None`` for full attention)."""
         window = getattr(self.text_config, "sliding_window", None)
@@ -171,12 +204,11 @@ class ModelAdapter:
 
     def encoder_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """The forward kwargs that ``get_image_features`` takes (as ``generate()`` selects them)."""
-        params = inspect.signature(self.base.get_image_features).parameters
-        return {k: kwargs[k] for k in params if k != "kwargs" and k in kwargs and kwargs[k] is not None}
+        return hf.encoder_kwargs(self.base, kwargs)
 
     def has_pixels(self, kwargs: dict[str, Any]) -> bool:
         """Whether the call carries raw image inputs."""
-        return kwargs.get("pixel_values") is not None
+        return hf.CallArgs((), kwargs).has_pixels()
 
     def text_like_rows(self, features: torch.Tensor) -> torch.Tensor | None:
         """Rows of one image's features that are structural, not visual content (kept as text), shape (n,) bool."""
@@ -193,18 +225,18 @@ class ModelAdapter:
     def vision_key_projection(self) -> torch.nn.Module | None:
         """The key projection of the vision tower's last attention layer (``k_proj`` in CLIP/SigLIP, ``key`` in
         DINOv2), whose outputs AIM uses as the merge metric for images; ``None`` if the tower has none."""
-        tower = getattr(self.base, "vision_tower", None)
+        tower = self.vision_tower()
         if tower is None:
             return None
         found = None
         for name, module in tower.named_modules():
-            if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in ("k_proj", "key"):
+            if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in hf.VISION_KEY_PROJECTIONS:
                 found = module  # modules come in layer order: keep the last
         return found
 
     def side_token_inputs(self) -> tuple[str, ...]:
         """Per-token forward inputs that must be shortened with ``input_ids`` by a pre-LLM reduction."""
-        return ("token_type_ids", "mm_token_type_ids")
+        return hf.TOKEN_TYPE_INPUTS
 
     def prellm_position_ids(
         self,

@@ -1,7 +1,7 @@
 """Family adapters: small overrides of the generic adapter for what a family does differently.
 
-Tested against transformers 5.23 (``models/qwen2_vl``, ``models/qwen2_5_vl``, ``models/qwen3_vl``, ``models/gemma3``,
-``models/llava_next``, ``models/llava_onevision``).
+Tested on every transformers in the declared range (5.18 to 5.24; ``models/qwen2_vl``, ``models/qwen2_5_vl``,
+``models/qwen3_vl``, ``models/gemma3``, ``models/llava_next``, ``models/llava_onevision``).
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ def bench_command(
     tokred bench --layers 4 --hidden 512 --format json
     """
     from tokred.cli.compare import parse_strategies
-    from tokred.pipeline.benchmark import pipeline_benchmark
+    from tokred.pipeline_bench import pipeline_benchmark
 
     names = parse_strategies([strategies])
     opts = parse_options(option, names)

@@ -96,11 +96,13 @@ def random_token_drop(model: Any, ratio: float) -> Iterator[_DropState]:
 
     @functools.wraps(original)  # generate() inspects the signature to route pixel_values
     def patched(*args: Any, **kwargs: Any) -> Any:
+        from tokred.adapters import hf
+
         out = original(*args, **kwargs)
-        feats = out.pooler_output
+        feats = hf.pooled(out)
         if state.keep is None or len(state.keep) != len(feats):
             raise RuntimeError("random_token_drop: keep indices not set for this batch")
-        out.pooler_output = [f[k.to(f.device)] for f, k in zip(feats, state.keep)]
+        hf.set_pooled(out, [f[k.to(f.device)] for f, k in zip(feats, state.keep)])
         return out
 
     inner.get_image_features = patched

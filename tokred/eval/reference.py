@@ -279,9 +279,10 @@ def convert_smollm2(gguf_path: Path, out_dir: Path) -> None:
     """
     import gguf
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
-    meta = load_gguf_checkpoint(str(gguf_path), return_tensors=False)
+    from tokred.adapters import hf
+
+    meta = hf.gguf_metadata(str(gguf_path))
     cfg = dict(meta["config"])
     for k in ("_model_name_or_path", "model_type", "quantization_config"):
         cfg.pop(k, None)
@@ -385,9 +386,10 @@ def make_processor(tokenizer: Any) -> Any:
         The processor.
     """
     from transformers import LlavaProcessor
-    from transformers.models.bit.image_processing_pil_bit import BitImageProcessorPil
 
-    image_processor = BitImageProcessorPil(
+    from tokred.adapters import hf
+
+    image_processor = hf.pil_bit_image_processor(
         do_resize=True,
         size={"shortest_edge": 224},
         do_center_crop=True,

@@ -1,21 +1,20 @@
 """Registered attention functions that capture post-RoPE queries and keys for scorers, then run the stock kernel.
 
-Every transformers 5.x attention module calls ``ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation,
-eager_attention_forward)(module, query, key, value, mask, scaling=..., ...)`` after RoPE and after the cache update
-(tested on transformers 5.23, ``modeling_utils.AttentionInterface``, ``masking_utils.AttentionMaskInterface``,
-``integrations/sdpa_attention.sdpa_attention_forward``). tokred registers ``tokred_sdpa`` and ``tokred_eager``: at a
-scoring layer of a prefill they hand the queries and keys to the run state (the scorer then computes only the softmax
-rows it needs), and in every case they call the stock SDPA or the model's own eager function unchanged, so outputs are
-bitwise identical. Each name is paired with the stock mask function in ``AttentionMaskInterface`` (without it
-``masking_utils`` silently skips padding masks). ``output_attentions`` is never used.
+Every transformers 5.x attention module calls the attention function registered under its config's attention
+implementation, ``(module, query, key, value, mask, scaling=..., ...)``, after RoPE and after the cache update.
+tokred registers ``tokred_sdpa`` and ``tokred_eager`` (through the transformers seam, `tokred.adapters.hf`, which
+also pairs each with the stock mask function): at a scoring layer of a prefill they hand the queries and keys to the
+run state (the scorer then computes only the softmax rows it needs), and in every case they call the stock SDPA or
+the model's own eager function unchanged, so outputs are bitwise identical. Attention weights are never requested.
 """
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import torch
+
+from tokred.adapters import hf
 
 SDPA_NAME = "tokred_sdpa"
 EAGER_NAME = "tokred_eager"
@@ -30,10 +29,7 @@ def _capture(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, kw
         return
     state, layer = tag
     if state.phase == "prefill" and layer in state.capture_layers and query.shape[2] == key.shape[2]:
-        scaling = kwargs.get("scaling")
-        if scaling is None:
-            scaling = getattr(module, "scaling", query.shape[-1] ** -0.5)
-        state.capture(layer, query, key, scaling)
+        state.capture(layer, query, key, hf.attention_scaling(module, kwargs, query.shape[-1]))
 
 
 def tokred_sdpa(
@@ -55,12 +51,10 @@ def tokred_sdpa(
         **kwargs: Passed through (``scaling``, ``dropout``, ...).
 
     Returns:
-        What ``sdpa_attention_forward`` returns.
+        What the stock SDPA attention function returns.
     """
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     _capture(module, query, key, kwargs)
-    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    return hf.sdpa_attention(module, query, key, value, attention_mask, **kwargs)
 
 
 def tokred_eager(
@@ -71,12 +65,9 @@ def tokred_eager(
     attention_mask: torch.Tensor | None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, Any]:
-    """The model's own ``eager_attention_forward`` (looked up in the module's modeling file) plus capture."""
+    """The model's own eager attention function (from the module's modeling file) plus capture."""
     _capture(module, query, key, kwargs)
-    from transformers.models.llama.modeling_llama import eager_attention_forward
-
-    eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", eager_attention_forward)
-    return eager(module, query, key, value, attention_mask, **kwargs)
+    return hf.eager_attention(module)(module, query, key, value, attention_mask, **kwargs)
 
 
 def register_attention_functions() -> None:
@@ -84,13 +75,8 @@ def register_attention_functions() -> None:
     global _registered
     if _registered:
         return
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
-
-    AttentionInterface.register(SDPA_NAME, tokred_sdpa)
-    AttentionInterface.register(EAGER_NAME, tokred_eager)
-    AttentionMaskInterface.register(SDPA_NAME, sdpa_mask)
-    AttentionMaskInterface.register(EAGER_NAME, eager_mask)
+    hf.register_attention(SDPA_NAME, tokred_sdpa, like="sdpa")
+    hf.register_attention(EAGER_NAME, tokred_eager, like="eager")
     _registered = True
 
 

@@ -10,7 +10,6 @@ No class, weight or module structure changes, so ``state_dict`` keys stay the sa
 from __future__ import annotations
 
 import functools
-import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +17,7 @@ import torch
 
 from tokred._api import create_strategy
 from tokred._components import Strategy
+from tokred.adapters import hf
 from tokred.errors import ConfigError, TokredError, UnsupportedModeError, UnsupportedModelError
 from tokred.pipeline._attention import CAPTURE_ATTR, register_attention_functions, wrapped_name
 from tokred.pipeline._llm import InLLMStage
@@ -25,8 +25,6 @@ from tokred.pipeline._prellm import PreLLMStage
 from tokred.pipeline._state import ReductionStats, RunState
 
 HANDLE_ATTR = "_tokred_handle"
-_ASSISTED = ("assistant_model", "prompt_lookup_num_tokens", "assistant_early_exit", "draft_model")
-_STATIC = ("static", "offloaded_static", "hybrid", "hybrid_chunked", "sliding_window", "mamba", "quantized")
 
 
 def select_adapter(model: Any) -> Any:
@@ -137,8 +135,7 @@ class PatchHandle:
         scorer = self.strategy.scorer
         if scorer is None or scorer.query_rows == "none":
             return
-        text_cfg = self.adapter.text_config
-        original = text_cfg._attn_implementation
+        original = hf.text_attn_implementation(self.adapter.text_config)
         requested = self._attn_request or original
         if "flash" in str(requested):
             where = "CUDA with flash-attn" if torch.cuda.is_available() else "CPU (FlashAttention-2 needs CUDA)"
@@ -152,11 +149,11 @@ class PatchHandle:
                 f"attention implementation {requested!r} cannot be wrapped for scoring; use 'sdpa' or 'eager'"
             )
         register_attention_functions()
-        for i, layer in enumerate(self.adapter.decoder.layers):
-            layer.self_attn.__dict__[CAPTURE_ATTR] = (self._state, i)
-            self._undo.append(functools.partial(layer.self_attn.__dict__.pop, CAPTURE_ATTR, None))
-        self.model.set_attn_implementation({"text_config": name})
-        self._undo.append(lambda: self.model.set_attn_implementation({"text_config": original}))
+        for i, attn in enumerate(self.adapter.attention_modules()):
+            attn.__dict__[CAPTURE_ATTR] = (self._state, i)
+            self._undo.append(functools.partial(attn.__dict__.pop, CAPTURE_ATTR, None))
+        hf.set_text_attn_implementation(self.model, name)
+        self._undo.append(lambda: hf.set_text_attn_implementation(self.model, original))
 
     def _install_generate(self) -> None:
         model = self.model
@@ -186,58 +183,53 @@ class PatchHandle:
     def _guard_generate(self, kwargs: dict[str, Any]) -> None:
         if not self._reduces():
             return
-        if any(kwargs.get(k) is not None for k in _ASSISTED):
+        modes = hf.generation_modes(self.model, kwargs)
+        if modes.assisted:
             raise UnsupportedModeError("assisted/speculative decoding cannot be combined with tokred's token reduction")
-        cfg = kwargs.get("generation_config") or getattr(self.model, "generation_config", None)
-        if getattr(cfg, "prefill_chunk_size", None) or kwargs.get("prefill_chunk_size"):
+        if modes.chunked_prefill:
             raise UnsupportedModeError("chunked prefill cannot be combined with tokred's token reduction")
-        impl = kwargs.get("cache_implementation") or getattr(cfg, "cache_implementation", None)
-        if impl in _STATIC:
+        impl = modes.static_cache
+        if impl is not None:
             raise UnsupportedModeError(
                 f"cache_implementation={impl!r} cannot hold per-layer lengths; tokred needs the default DynamicCache"
             )
 
     def _generate(self, original: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         self._guard_generate(kwargs)
-        if args and torch.is_tensor(args[0]) and "input_ids" not in kwargs:
-            kwargs["input_ids"], args = args[0], args[1:]
-        if "inputs" in kwargs and "input_ids" not in kwargs:
-            kwargs["input_ids"] = kwargs.pop("inputs")
-        ids = kwargs.get("input_ids")
+        args, kwargs = hf.generate_prompt_ids(args, kwargs)
+        ids = hf.CallArgs((), kwargs).input_ids
         if not (self._reduces_before and ids is not None and self.adapter.has_pixels(kwargs)):
             return original(*args, **kwargs)
         new = self._prellm.transform(dict(kwargs))
-        self._state.prepared_ids, self._state.prepared_visual = new["input_ids"], self._state.pending_visual
+        short = hf.CallArgs((), new).input_ids
+        self._state.prepared_ids, self._state.prepared_visual = short, self._state.pending_visual
         self._state.prepared_visual_in = self._state.pending_visual_in
         self._state.prepared_provenance = self._state.pending_provenance
         try:
             out = original(*args, **new)
         finally:
             self._state.prepared_ids = self._state.prepared_visual = None
-        return _restore_prompt(out, ids, new["input_ids"].shape[1])
+        return _restore_prompt(out, ids, short.shape[1])
 
     def _base_pre(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if args:  # bind positional inputs by name (some families call their base model positionally)
-            names = list(inspect.signature(module.forward).parameters)
-            kwargs = {**kwargs, **dict(zip(names, args))}
-        kwargs = self._prepare_prefill(kwargs)
+        kwargs = self._prepare_prefill(hf.bind_positional(module.forward, args, kwargs))
         return (), kwargs
 
     def _prepare_prefill(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """Base-model inputs of a prefill: pre-LLM reduction and the visual mask for the in-LLM stage."""
-        cache = kwargs.get("past_key_values")
-        if cache is not None and cache.get_seq_length() > 0:
+        call = hf.CallArgs((), kwargs)
+        if call.cache_length() > 0:
             return kwargs
-        ids = kwargs.get("input_ids")
+        ids = call.input_ids
         st = self._state
         if ids is None:
-            if self._reduces() and kwargs.get("inputs_embeds") is not None:
+            if self._reduces() and call.inputs_embeds is not None:
                 raise UnsupportedModeError(
                     "tokred finds visual tokens in input_ids; pass input_ids (not inputs_embeds) to a patched model"
                 )
             return kwargs
         if st.prepared_ids is not None and st.prepared_ids.shape == ids.shape and torch.equal(st.prepared_ids, ids):
-            st.pending_visual, st.pending_pad = st.prepared_visual, kwargs.get("attention_mask")
+            st.pending_visual, st.pending_pad = st.prepared_visual, call.attention_mask
             st.pending_visual_in = st.prepared_visual_in
             st.pending_provenance = st.prepared_provenance
             return kwargs
@@ -251,23 +243,22 @@ class PatchHandle:
     def _analyse(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """No pre-LLM reduction but the family has text-like placeholder rows: compute features once, mark them."""
         out, enc = self._prellm.features(kwargs)
-        for key in list(enc):
-            if key.startswith("pixel_values"):
+        call = hf.CallArgs((), kwargs)
+        for key in call.pixel_inputs():
+            if key in enc:
                 kwargs.pop(key)
-        mm = dict(kwargs.get("mm_encoder_outputs") or {})
-        mm["image"] = out
-        kwargs["mm_encoder_outputs"] = mm
-        self._pending_from_ids(kwargs["input_ids"], kwargs)
+        call.set_image_outputs(out)
+        self._pending_from_ids(call.input_ids, kwargs)
         return kwargs
 
     def _pending_from_ids(self, ids: torch.Tensor, kwargs: dict[str, Any]) -> None:
         visual = self.adapter.visual_mask(ids)  # (B, N)
-        mm = kwargs.get("mm_encoder_outputs") or {}
-        out = mm.get("image") if isinstance(mm, dict) else None
+        call = hf.CallArgs((), kwargs)
+        out = call.image_outputs()
         if out is not None:
             from tokred.pipeline._prellm import flatten_features
 
-            feats, _ = flatten_features(out.pooler_output)
+            feats, _ = flatten_features(hf.pooled(out))
             flags = [self.adapter.text_like_rows(f) for f in feats]
             if any(f is not None for f in flags):
                 slots = self.adapter.placeholder_mask(ids)
@@ -278,22 +269,18 @@ class PatchHandle:
                     visual = visual.clone()
                     visual[slots] = ~text_like
         self._state.pending_visual = visual
-        mask = kwargs.get("attention_mask")
+        mask = call.attention_mask
         self._state.pending_pad = mask if torch.is_tensor(mask) and mask.dim() == 2 else None
         self._state.pending_visual_in = int(visual.sum())
 
 
 def _restore_prompt(out: Any, ids: torch.Tensor, short_len: int) -> Any:
     """Make ``generate()`` return the caller's original prompt followed by the new tokens."""
-    seqs = out if torch.is_tensor(out) else getattr(out, "sequences", None)
+    seqs = hf.generated_sequences(out)
     if seqs is None:
         return out
     prompt = ids.repeat_interleave(seqs.shape[0] // ids.shape[0], dim=0) if seqs.shape[0] != ids.shape[0] else ids
-    full = torch.cat([prompt.to(seqs.device), seqs[:, short_len:]], dim=1)
-    if torch.is_tensor(out):
-        return full
-    out.sequences = full
-    return out
+    return hf.with_sequences(out, torch.cat([prompt.to(seqs.device), seqs[:, short_len:]], dim=1))
 
 
 def patch(

@@ -1,6 +1,6 @@
 """In-LLM stage: forward pre-hooks on the decoder and its layers that drop (or mask) visual tokens.
 
-Reproduces the side-input plumbing of the transformers 5.23 decoder loops (``models/llama/modeling_llama.py``
+Reproduces the side-input plumbing of the transformers 5.x decoder loops (``models/llama/modeling_llama.py``
 ``LlamaModel.forward``; Qwen2, Qwen2-VL, Qwen2.5-VL, Gemma3 are the same): the decoder builds the mask, the RoPE
 cos/sin and the position ids once for the full sequence and passes them unchanged to every layer, and only the hidden
 states flow from layer to layer. So at a pruning layer the hook gathers the kept rows of the hidden states, and at
@@ -8,6 +8,9 @@ every later layer it gathers the side inputs with the kept indices in *original*
 position ids on the last dim, materialised 4-D masks on rows and columns; in decode steps only mask columns, through
 ``cat(keep, generated)``). Layer 0 is never pruned, so the stock ``DynamicCache`` keeps reporting original lengths
 (positions and mask sizes stay right) while every pruned layer's cache holds only its kept tokens.
+
+The hooks read and write the calls' keywords through the transformers seam ([`tokred.adapters.hf.CallArgs`][]),
+never by name.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 import torch
 from torch.utils.hooks import RemovableHandle
 
+from tokred.adapters import hf
 from tokred.errors import UnsupportedModeError
 from tokred.ops import gather_tokens, topk_keep
 from tokred.pipeline._state import RunState
@@ -47,17 +51,6 @@ def gather_seq(t: torch.Tensor, idx: torch.Tensor, dim: int, batch_dim: int | No
     return t.gather(d, index)
 
 
-def _hidden(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
-    return args[0] if args else kwargs["hidden_states"]
-
-
-def _with_hidden(args: tuple[Any, ...], kwargs: dict[str, Any], h: torch.Tensor) -> tuple[Any, ...]:
-    if args:
-        return (h, *args[1:])
-    kwargs["hidden_states"] = h
-    return args
-
-
 class InLLMStage:
     """Installs and runs the decoder and layer hooks of one patch.
 
@@ -78,27 +71,27 @@ class InLLMStage:
             dec.register_forward_pre_hook(self._decoder_pre, with_kwargs=True),
             dec.register_forward_hook(self._decoder_post),
         ]
-        for i, layer in enumerate(dec.layers):
+        for i, layer in enumerate(self.adapter.decoder_layers()):
             handles.append(layer.register_forward_pre_hook(functools.partial(self._layer_pre, i), with_kwargs=True))
         return handles
 
     # --------------------------------------------------------------------------------------- decoder
 
-    def _decoder_pre(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...] | None:
-        emb = kwargs.get("inputs_embeds")
+    def _decoder_pre(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        call = hf.CallArgs(args, kwargs)
+        emb = call.inputs_embeds
         if emb is None:
             return None  # called with input_ids only (text path): nothing visual to reduce
         b, q = emb.shape[:2]
-        cache = kwargs.get("past_key_values")
-        past = cache.get_seq_length() if cache is not None else 0
+        past = call.cache_length()
         st = self.state
         if past == 0:
             st.begin_prefill(b, q, emb.device)
             if st.pruning:
-                self._guard_prefill(cache, q)
-                if kwargs.get("attention_mask") is None:  # never rely on packed-sequence detection
-                    kwargs["attention_mask"] = torch.ones(b, q, dtype=torch.long, device=emb.device)
-            return args, kwargs
+                self._guard_prefill(call.cache, q)
+                if call.attention_mask is None:  # never rely on packed-sequence detection
+                    call.attention_mask = torch.ones(b, q, dtype=torch.long, device=emb.device)
+            return call.result()
         if st.phase != "decode" or not st.pruning:
             return None
         if q != 1:
@@ -114,14 +107,11 @@ class InLLMStage:
     def _guard_prefill(self, cache: Any, q: int) -> None:
         if torch.compiler.is_compiling():
             raise UnsupportedModeError("torch.compile cannot trace tokred's data-dependent pruning; run uncompiled")
-        if cache is not None:
-            from transformers.cache_utils import DynamicCache, DynamicLayer
-
-            if not isinstance(cache, DynamicCache) or not all(isinstance(x, DynamicLayer) for x in cache.layers):
-                raise UnsupportedModeError(
-                    f"in-LLM pruning needs a DynamicCache, got {type(cache).__name__} (static caches give every layer "
-                    "the length of layer 0); use the default cache (no cache_implementation='static')"
-                )
+        if cache is not None and not hf.is_dynamic_cache(cache):
+            raise UnsupportedModeError(
+                f"in-LLM pruning needs a DynamicCache, got {type(cache).__name__} (static caches give every layer "
+                "the length of layer 0); use the default cache (no cache_implementation='static')"
+            )
         self._guard_window(q)
 
     def _guard_window(self, total: int) -> None:
@@ -141,24 +131,23 @@ class InLLMStage:
 
     def _layer_pre(self, i: int, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         st = self.state
+        call = hf.CallArgs(args, kwargs)
         if st.phase == "prefill":
-            h = _hidden(args, kwargs)
             if i in st.prune_layers:
-                h = self._prune(i, h)
-                args = _with_hidden(args, kwargs, h)
-            st.record_layer(i, h.shape[1])
+                call.hidden_states = self._prune(i, call.hidden_states)
+            st.record_layer(i, call.hidden_states.shape[1])
             if st.keep is not None:
-                self._gather_prefill(kwargs, st.keep)
+                self._gather_prefill(call, st.keep)
             elif st.allowed is not None:
-                self._mask_keys(kwargs, st.allowed, prefill=True)
-            return args, kwargs
+                self._mask_keys(call, st.allowed, prefill=True)
+            return call.result()
         if st.phase == "decode" and st.pruning:
             keep, allowed = st.layer_keep[i], st.layer_allowed[i]
             if keep is not None:
-                self._gather_decode(kwargs, keep)
+                self._gather_decode(call, keep)
             elif allowed is not None:
-                self._mask_keys(kwargs, allowed, prefill=False)
-            return args, kwargs
+                self._mask_keys(call, allowed, prefill=False)
+            return call.result()
         return None
 
     def _prune(self, i: int, h: torch.Tensor) -> torch.Tensor:
@@ -182,39 +171,39 @@ class InLLMStage:
         st.cur_pad = st.cur_pad.gather(1, local)
         return gather_tokens(h, local)  # (B, K, C)
 
-    def _gather_prefill(self, kwargs: dict[str, Any], keep: torch.Tensor) -> None:
+    def _gather_prefill(self, call: hf.CallArgs, keep: torch.Tensor) -> None:
         n = self.state.prompt_len
-        pe = kwargs.get("position_embeddings")
-        if isinstance(pe, tuple):
-            kwargs["position_embeddings"] = tuple(
+        pe = call.position_embeddings
+        if isinstance(pe, tuple):  # (cos, sin), sequence on dim -2
+            call.position_embeddings = tuple(
                 gather_seq(t, keep, -2) if torch.is_tensor(t) and t.shape[-2] == n else t for t in pe
             )
-        pid = kwargs.get("position_ids")
+        pid = call.position_ids
         if torch.is_tensor(pid) and pid.shape[-1] == n:
-            kwargs["position_ids"] = gather_seq(pid, keep, -1)
-        mask = kwargs.get("attention_mask")
+            call.position_ids = gather_seq(pid, keep, -1)
+        mask = call.attention_mask
         if torch.is_tensor(mask):
             if mask.dim() == 4:
-                kwargs["attention_mask"] = gather_seq(gather_seq(mask, keep, -1, -4), keep, -2, -4)
+                call.attention_mask = gather_seq(gather_seq(mask, keep, -1, -4), keep, -2, -4)
             elif mask.dim() == 2:
-                kwargs["attention_mask"] = gather_seq(mask, keep, -1)
+                call.attention_mask = gather_seq(mask, keep, -1)
 
     def _kv_map(self, keep: torch.Tensor, kv: int) -> torch.Tensor:
         """Original key positions a pruned layer holds in decode: its kept prompt tokens, then the generated ones."""
         gen = torch.arange(self.state.prompt_len, kv, device=keep.device).expand(keep.shape[0], -1)
         return torch.cat([keep, gen], dim=1)  # (B, K + generated)
 
-    def _gather_decode(self, kwargs: dict[str, Any], keep: torch.Tensor) -> None:
-        mask = kwargs.get("attention_mask")
+    def _gather_decode(self, call: hf.CallArgs, keep: torch.Tensor) -> None:
+        mask = call.attention_mask
         if torch.is_tensor(mask) and mask.dim() in (2, 4):
-            kwargs["attention_mask"] = gather_seq(mask, self._kv_map(keep, mask.shape[-1]), -1, -mask.dim())
+            call.attention_mask = gather_seq(mask, self._kv_map(keep, mask.shape[-1]), -1, -mask.dim())
 
-    def _mask_keys(self, kwargs: dict[str, Any], allowed: torch.Tensor, prefill: bool) -> None:
+    def _mask_keys(self, call: hf.CallArgs, allowed: torch.Tensor, prefill: bool) -> None:
         """Mask mode (AIM parity): hide pruned prompt tokens as keys; a token always sees itself (no empty rows)."""
         h_len = self.state.prompt_len if prefill else 1
         kv = self.state.prompt_len if prefill else self.state.decode_kv
         b = allowed.shape[0]
-        mask = kwargs.get("attention_mask")
+        mask = call.attention_mask
         if not torch.is_tensor(mask) or mask.dim() != 4:
             qpos = torch.arange(kv - h_len, kv, device=allowed.device)
             mask = (torch.arange(kv, device=allowed.device)[None, :] <= qpos[:, None])[None, None]  # (1, 1, q, kv)
@@ -223,6 +212,6 @@ class InLLMStage:
         if prefill:
             keys = keys | torch.eye(kv, dtype=torch.bool, device=allowed.device)[None, None]  # (B, 1, q, kv)
         if mask.dtype == torch.bool:
-            kwargs["attention_mask"] = mask & keys
+            call.attention_mask = mask & keys
         else:
-            kwargs["attention_mask"] = mask.masked_fill(~keys, torch.finfo(mask.dtype).min)
+            call.attention_mask = mask.masked_fill(~keys, torch.finfo(mask.dtype).min)

@@ -1,12 +1,11 @@
 """Pre-LLM stage: reduce each image's projected features and shorten the token inputs to match.
 
-Works on the forward kwargs of the model's base model (transformers 5.23: ``LlavaModel.forward`` and its siblings,
-which accept ``mm_encoder_outputs``; ``generation/utils.py``
-``GenerativePreTrainedModel._prepare_multimodal_encoder_kwargs_for_generation`` computes the features the same way):
-the features come from the stock ``get_image_features`` (with the kwargs its signature names, as ``generate()`` does),
-the merger reduces each image on its own, and ``input_ids``, ``attention_mask``, ``token_type_ids`` /
-``mm_token_type_ids`` and (M-RoPE) positions are rebuilt consistently. The reduced features go to the model as
-``mm_encoder_outputs``. Samples whose shortened lengths differ are re-padded on the left.
+Works on the forward kwargs of the model's base model (``LlavaModel.forward`` and its siblings, which accept
+precomputed encoder outputs; ``generate()`` computes the features the same way): the features come from the stock
+``get_image_features`` (with the kwargs its signature names, as ``generate()`` does), the merger reduces each image on
+its own, and the token ids, attention mask, token-type inputs and (M-RoPE) positions are rebuilt consistently. The
+reduced features go to the model as its precomputed image-encoder outputs. Samples whose shortened lengths differ are
+re-padded on the left. Every transformers name is asked of the seam (`tokred.adapters.hf`).
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 
 from tokred._components import BaseMerger, MergeContext
+from tokred.adapters import hf
 from tokred.errors import ConfigError, UnsupportedModeError
 
 
@@ -162,7 +162,7 @@ class PreLLMStage:
             hook = module.register_forward_hook(lambda _m, _i, out: setattr(self, "keys", out.detach()))
         try:
             with torch.no_grad():
-                out = self.adapter.base.get_image_features(**enc, return_dict=True)
+                out = hf.image_features(self.adapter.base, enc)
         finally:
             if hook is not None:
                 hook.remove()
@@ -187,14 +187,15 @@ class PreLLMStage:
         return out
 
     def transform(self, kwargs: dict[str, Any], out: Any = None, enc: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Return new forward kwargs with reduced features in ``mm_encoder_outputs`` and shortened token inputs."""
+        """Return new forward kwargs with the reduced features as precomputed encoder outputs and shortened token
+        inputs."""
         if out is None:
             out, enc = self.features(kwargs)
             for key in enc:
                 kwargs.pop(key, None)
         assert enc is not None
-        ids = kwargs["input_ids"]
-        feats, pack = flatten_features(out.pooler_output)
+        ids = hf.CallArgs((), kwargs).input_ids
+        feats, pack = flatten_features(hf.pooled(out))
         counts = [int(f.shape[0]) for f in feats]
         orig = (
             self.original_counts(len(feats), int(self.adapter.placeholder_mask(ids).sum()))
@@ -218,16 +219,14 @@ class PreLLMStage:
             for (s, _, _), p, pos in zip(slots, plans, positions)
             if p.source is not None and orig is None
         ]
-        new = self._shorten(kwargs, enc, src, valid, plans)
-        out.pooler_output = pack([p.features for p in plans])
-        mm = dict(kwargs.get("mm_encoder_outputs") or {})
-        mm["image"] = out
-        new["mm_encoder_outputs"] = mm
-        other = self.adapter.visual_mask(new["input_ids"]) & ~self.adapter.placeholder_mask(new["input_ids"])
+        new = hf.CallArgs((), self._shorten(kwargs, enc, src, valid, plans))
+        hf.set_pooled(out, pack([p.features for p in plans]))
+        new.set_image_outputs(out)
+        other = self.adapter.visual_mask(new.input_ids) & ~self.adapter.placeholder_mask(new.input_ids)
         self.state.pending_visual = visual | other
-        self.state.pending_pad = new["attention_mask"].bool()
+        self.state.pending_pad = new.attention_mask.bool()
         self.state.pending_visual_in = int(self.adapter.visual_mask(ids).sum())
-        return new
+        return new.kwargs
 
     def _layout(
         self, ids: torch.Tensor, slots: list[tuple[int, int, int]], plans: list[ImagePlan]
@@ -273,21 +272,22 @@ class PreLLMStage:
         plans: list[ImagePlan],
     ) -> dict[str, Any]:
         """Gather every per-token input at ``src``; added padding gets pad ids and a zero mask."""
-        if kwargs.get("position_ids") is not None:
+        old = hf.CallArgs((), kwargs)
+        if old.position_ids is not None:
             raise ConfigError(
                 "explicit position_ids cannot be combined with a pre-LLM reduction (tokred rebuilds them)"
             )
-        new = dict(kwargs)
-        ids = kwargs["input_ids"]
-        pad_id = getattr(self.adapter.text_config, "pad_token_id", None) or 0
-        new["input_ids"] = torch.where(valid, ids.gather(1, src), pad_id)
-        mask = kwargs.get("attention_mask")
+        new = hf.CallArgs((), dict(kwargs))
+        ids = old.input_ids
+        pad_id = self.adapter.pad_token_id
+        new.input_ids = torch.where(valid, ids.gather(1, src), pad_id)
+        mask = old.attention_mask
         mask = torch.ones_like(ids) if mask is None else mask
-        new["attention_mask"] = torch.where(valid, mask.gather(1, src), 0).to(mask.dtype)
+        new.attention_mask = torch.where(valid, mask.gather(1, src), 0).to(mask.dtype)
         for key in self.adapter.side_token_inputs():
             if torch.is_tensor(kwargs.get(key)) and kwargs[key].shape == ids.shape:
-                new[key] = torch.where(valid, kwargs[key].gather(1, src), 0).to(kwargs[key].dtype)
+                new.kwargs[key] = torch.where(valid, kwargs[key].gather(1, src), 0).to(kwargs[key].dtype)
         pos = self.adapter.prellm_position_ids(kwargs | enc, enc, src, valid, [p.grid for p in plans])
         if pos is not None:
-            new["position_ids"] = pos
-        return new
+            new.position_ids = pos
+        return new.kwargs

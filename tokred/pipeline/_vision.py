@@ -1,8 +1,8 @@
 """Vision-tower stage (ToMe): merge tokens inside the encoder layers, between attention and MLP.
 
 Each encoder layer's ``forward`` is overridden on the instance by a re-statement of the stock pre-norm block
-(transformers 5.23: ``models/clip/modeling_clip.py`` ``CLIPEncoderLayer.forward``, ``models/siglip`` the same,
-``models/dinov2/modeling_dinov2.py`` ``Dinov2Layer.forward`` with layer scales) with two additions: proportional
+(transformers 5.x ``CLIPEncoderLayer.forward``, SigLIP the same, ``Dinov2Layer.forward`` with layer scales; the
+layouts are in the transformers seam, `tokred.adapters.hf.VISION_LAYOUTS`) with two additions: proportional
 attention (``log size`` passed as the additive attention mask of the stock attention module) and, after the
 attention residual, a merge driven by the merger's per-layer budgets with the layer's keys (averaged over heads,
 captured by a forward hook on ``k_proj``) as the similarity metric. The class token (CLIP, DINOv2) is protected.
@@ -17,24 +17,8 @@ from typing import Any
 import torch
 
 from tokred._components import BaseMerger, MergeContext
+from tokred.adapters import hf
 from tokred.errors import UnsupportedModelError
-
-# (norm1, attention, layer_scale1, norm2, mlp, layer_scale2, has class token) per encoder layer class
-_LAYOUTS = {
-    "CLIPEncoderLayer": ("layer_norm1", "self_attn", None, "layer_norm2", "mlp", None, True),
-    "SiglipEncoderLayer": ("layer_norm1", "self_attn", None, "layer_norm2", "mlp", None, False),
-    "Dinov2Layer": ("norm1", "attention", "layer_scale1", "norm2", "mlp", "layer_scale2", True),
-}
-
-
-def _encoder_layers(tower: Any) -> Any:
-    for path in ("vision_model.encoder.layers", "encoder.layers", "encoder.layer"):
-        obj = tower
-        for part in path.split("."):
-            obj = getattr(obj, part, None)
-        if isinstance(obj, torch.nn.ModuleList):
-            return obj
-    return None
 
 
 class VisionStage:
@@ -51,28 +35,28 @@ class VisionStage:
     def __init__(self, adapter: Any, merger: BaseMerger) -> None:
         self.adapter = adapter
         self.merger = merger
-        tower = getattr(adapter.base, "vision_tower", None)
-        layers = _encoder_layers(tower) if tower is not None else None
+        tower = adapter.vision_tower()
+        layers = hf.vision_encoder_layers(tower) if tower is not None else None
         kinds = {type(layer).__name__ for layer in layers} if layers is not None else set()
-        if layers is None or len(kinds) != 1 or next(iter(kinds)) not in _LAYOUTS:
+        if layers is None or len(kinds) != 1 or next(iter(kinds)) not in hf.VISION_LAYOUTS:
             raise UnsupportedModelError(
                 f"vision-tower merging needs a CLIP, SigLIP or DINOv2 tower; {type(adapter.model).__name__} has "
                 f"{sorted(kinds) or 'no recognisable tower'}"
             )
-        if adapter.model_types and getattr(adapter.config, "model_type", "") not in ("llava",):
+        if adapter.model_types and adapter.model_type not in ("llava",):
             raise UnsupportedModelError(
                 f"vision-tower merging changes the tower's token count, which {type(adapter.model).__name__}'s "
                 "projector cannot take (it expects a fixed grid); supported: LLaVA-style models (llava)"
             )
-        feature_layer = getattr(adapter.config, "vision_feature_layer", -1)
-        if isinstance(feature_layer, (list, tuple)) and len(feature_layer) > 1:
+        feature_layer = adapter.vision_feature_layers()
+        if len(feature_layer) > 1:
             raise UnsupportedModelError(
                 f"vision-tower merging leaves the tower's layers with different token counts, but "
                 f"{type(adapter.model).__name__} concatenates the hidden states of layers {list(feature_layer)} "
                 "(vision_feature_layer); use a pre-LLM strategy (aim-merge, pooling, random) for this model"
             )
         self.layers = layers
-        self.layout = _LAYOUTS[next(iter(kinds))]
+        self.layout = hf.VISION_LAYOUTS[next(iter(kinds))]
         self.tower: Any = tower
         self.size: torch.Tensor | None = None
         self.keys: dict[int, torch.Tensor] = {}
@@ -93,7 +77,7 @@ class VisionStage:
         for i, layer in enumerate(self.layers):
             layer.__dict__["forward"] = functools.partial(self._forward, i, layer)
             undo.append(functools.partial(layer.__dict__.pop, "forward", None))
-            k_proj = getattr(layer, attn_name).k_proj
+            k_proj = hf.vision_key_module(getattr(layer, attn_name))
             h = k_proj.register_forward_hook(functools.partial(self._grab_keys, i))
             undo.append(h.remove)
         return undo
@@ -104,18 +88,19 @@ class VisionStage:
     def _grab_keys(self, i: int, module: Any, args: tuple[Any, ...], output: torch.Tensor) -> None:
         self.keys[i] = output.detach()  # (B, N, H * D)
 
-    def _forward(
-        self, i: int, layer: Any, hidden_states: torch.Tensor, attention_mask: Any = None, *args: Any, **kwargs: Any
-    ) -> torch.Tensor:
-        """One encoder block with proportional attention and a merge between attention and MLP."""
+    def _forward(self, i: int, layer: Any, hidden: torch.Tensor, mask: Any = None, *args: Any, **kwargs: Any) -> Any:
+        """One encoder block with proportional attention and a merge between attention and MLP.
+
+        ``hidden`` (B, N, C) and the stock ``mask`` (unused: CLIP/SigLIP/DINOv2 towers pass none) come positionally.
+        """
         norm1, attn, scale1, norm2, mlp, scale2, has_cls = self.layout
         if not self.budgets:
-            self.budgets = self.merger.layer_budgets(len(self.layers), hidden_states.shape[1]) or []
+            self.budgets = self.merger.layer_budgets(len(self.layers), hidden.shape[1]) or []
         bias = None
         if self.size is not None and getattr(self.merger.config, "prop_attn", True):
-            bias = self.size.float().log()[:, None, None, :].to(hidden_states.dtype)  # (B, 1, 1, N)
-        residual = hidden_states
-        x, _ = getattr(layer, attn)(getattr(layer, norm1)(hidden_states), attention_mask=bias, **kwargs)
+            bias = self.size.float().log()[:, None, None, :].to(hidden.dtype)  # (B, 1, 1, N)
+        residual = hidden
+        x = hf.vision_attention(getattr(layer, attn), getattr(layer, norm1)(hidden), bias, kwargs)
         x = getattr(layer, scale1)(x) if scale1 else x
         h = residual + x  # (B, N, C)
         target = self.budgets[i + 1] if i + 1 < len(self.budgets) else h.shape[1]
@@ -127,10 +112,7 @@ class VisionStage:
 
     def _merge(self, i: int, layer: Any, h: torch.Tensor, target: int, has_cls: bool) -> torch.Tensor:
         b, n, _ = h.shape
-        heads = int(
-            getattr(getattr(layer, self.layout[1]), "num_heads", 0)
-            or getattr(getattr(layer, self.layout[1]), "num_attention_heads", 1)
-        )
+        heads = hf.attention_heads(getattr(layer, self.layout[1]))
         metric = self.keys.pop(i).reshape(b, n, heads, -1).mean(2)  # (B, N, D)
         protected = None
         if has_cls:

@@ -180,9 +180,11 @@ def _anyres_counts(model: Any, image_size: tuple[int, int]) -> tuple[int, int]:
     crops = image_size_to_num_patches(image_size, cfg.image_grid_pinpoints, cfg.vision_config.image_size)
     side = cfg.vision_config.image_size
     pv = torch.zeros(1, crops, 3, side, side)
+    from tokred.adapters import hf
+
     with torch.no_grad():
-        feats = model.model.get_image_features(pixel_values=pv, image_sizes=torch.tensor([image_size]))
-    return crops, int(feats.pooler_output[0].shape[0])
+        feats = hf.image_features(model.model, {"pixel_values": pv, "image_sizes": torch.tensor([image_size])})
+    return crops, int(hf.pooled(feats)[0].shape[0])
 
 
 def _anyres_inputs(model: Any, batch: int = 1, num_images: int = 1, text_len: int = 6, seed: int = 0) -> dict:

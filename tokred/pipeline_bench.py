@@ -12,7 +12,7 @@ The three variants are separate module objects that share one set of weights, so
 inside the timed region. This is a benchmark, not a test: it reports ratios.
 
 Example:
-    >>> from tokred.pipeline.benchmark import pipeline_benchmark
+    >>> from tokred.pipeline_bench import pipeline_benchmark
     >>> report = pipeline_benchmark(hidden_size=64, num_layers=4, repeats=1, warmup=0)  # doctest: +SKIP
 """
 

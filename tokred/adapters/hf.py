@@ -1,0 +1,440 @@
+"""The transformers seam: every transformers name tokred reads or writes at run time, in one place.
+
+Pipeline stages never name a transformers keyword, cache class, registry, output field or generation option; they
+ask this module. Each version difference lives here once, with a comment naming the version, so a rename in
+transformers costs one line here. Importing this module does not import transformers (the version comes from the
+installed distribution's metadata); the functions import what they need when called.
+
+Version differences handled here (the tested range is ``TESTED_RANGE``, from `tokred._compat`):
+
+* **5.24** renamed the KV-cache keyword ``past_key_values`` to ``cache`` in every decoder, decoder layer and
+  attention call (``@deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")``) and the model-output field
+  alike. [`CallArgs.cache`][tokred.adapters.hf.CallArgs] reads either name (the old one is still what a caller may
+  pass while transformers keeps the alias); [`output_cache`][tokred.adapters.hf.output_cache] reads either field.
+* **5.24** dropped ``DynamicLayer.dtype`` (tokred never read it) and made ``StaticLayer`` croppable (static caches
+  stay refused: their layers share one length).
+
+Everything else tokred relies on (``mm_encoder_outputs`` on the base model's forward, ``get_image_features``
+returning ``pooler_output``, ``AttentionInterface`` / ``AttentionMaskInterface``, ``position_embeddings`` as a
+(cos, sin) tuple handed to every decoder layer, ``DynamicCache.layers``) is the same from 5.18 to 5.24.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+# The tested range and the version check live in tokred._compat (importable without torch); the seam re-exports them.
+from tokred._compat import (  # noqa: F401
+    TESTED_RANGE,
+    UntestedTransformersWarning,
+    at_least,
+    check_version,
+    installed_version,
+    version_in_range,
+)
+
+# ----------------------------------------------------------------------------------------------------------------
+# Keywords of hooked calls
+# ----------------------------------------------------------------------------------------------------------------
+
+#: The KV-cache keyword, newest name first. 5.24 renamed ``past_key_values`` to ``cache`` (the old name is a
+#: deprecated alias until 5.40): read both, write the one the installed version uses.
+CACHE_NAMES: tuple[str, ...] = ("cache", "past_key_values")
+CACHE_KWARG: str = "cache" if at_least("5.24") else "past_key_values"
+
+INPUT_IDS = "input_ids"
+ATTENTION_MASK = "attention_mask"
+POSITION_IDS = "position_ids"
+#: Per-token side inputs some families take beside ``input_ids`` (Gemma3/PaliGemma: token_type_ids; Qwen-VL:
+#: mm_token_type_ids); a pre-LLM reduction shortens them with the ids.
+TOKEN_TYPE_INPUTS: tuple[str, ...] = ("token_type_ids", "mm_token_type_ids")
+#: Precomputed encoder outputs accepted by every 5.18+ multimodal base model
+#: (``{"image": BaseModelOutputWithPooling}``).
+MM_ENCODER_OUTPUTS = "mm_encoder_outputs"
+_MM_IMAGE = "image"
+
+
+class _Kw:
+    """A keyword of a hooked forward call, readable and writable as an attribute of ``CallArgs``."""
+
+    def __init__(self, *names: str) -> None:
+        self.names = names
+
+    def __get__(self, obj: CallArgs, owner: type) -> Any:
+        for name in self.names:
+            if obj.kwargs.get(name) is not None:
+                return obj.kwargs[name]
+        return None
+
+    def __set__(self, obj: CallArgs, value: Any) -> None:
+        present = [n for n in self.names if n in obj.kwargs]
+        obj.kwargs[present[0] if present else self.names[0]] = value
+
+
+class CallArgs:
+    """The ``(args, kwargs)`` of a hooked transformers forward, with its keywords as attributes.
+
+    Decoders, decoder layers and base models all receive these by keyword in transformers 5.x (the hidden states of a
+    decoder layer may come positionally). Reading an attribute returns ``None`` when the call did not pass it;
+    setting one writes the name the call used (or the current name).
+
+    Args:
+        args: Positional arguments of the call.
+        kwargs: Keyword arguments of the call (modified in place by attribute writes).
+    """
+
+    cache = _Kw(CACHE_KWARG, *(n for n in CACHE_NAMES if n != CACHE_KWARG))
+    inputs_embeds = _Kw("inputs_embeds")
+    input_ids = _Kw(INPUT_IDS)
+    attention_mask = _Kw(ATTENTION_MASK)
+    position_ids = _Kw(POSITION_IDS)
+    position_embeddings = _Kw("position_embeddings")  # (cos, sin), each (B, N, D) or (3, B, N, D) before folding
+
+    def __init__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.args = args
+        self.kwargs = kwargs
+
+    @property
+    def hidden_states(self) -> torch.Tensor:
+        """The hidden states of a decoder-layer call, shape (B, N, C)."""
+        return self.args[0] if self.args else self.kwargs["hidden_states"]
+
+    @hidden_states.setter
+    def hidden_states(self, value: torch.Tensor) -> None:
+        if self.args:
+            self.args = (value, *self.args[1:])
+        else:
+            self.kwargs["hidden_states"] = value
+
+    def cache_length(self) -> int:
+        """Tokens already in the call's KV cache (0 without a cache: a prefill)."""
+        cache = self.cache
+        return int(cache.get_seq_length()) if cache is not None else 0
+
+    def result(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """What a ``with_kwargs`` forward pre-hook returns to apply the changes."""
+        return self.args, self.kwargs
+
+    # ------------------------------------------------------------------------------------ encoder outputs
+
+    def image_outputs(self) -> Any:
+        """Precomputed image-encoder outputs passed as ``mm_encoder_outputs``, or ``None``."""
+        mm = self.kwargs.get(MM_ENCODER_OUTPUTS)
+        return mm.get(_MM_IMAGE) if isinstance(mm, dict) else None
+
+    def set_image_outputs(self, outputs: Any) -> None:
+        """Pass ``outputs`` (a ``get_image_features`` result) as the call's precomputed image-encoder outputs."""
+        mm = dict(self.kwargs.get(MM_ENCODER_OUTPUTS) or {})
+        mm[_MM_IMAGE] = outputs
+        self.kwargs[MM_ENCODER_OUTPUTS] = mm
+
+    def pixel_inputs(self) -> list[str]:
+        """Keywords of raw image inputs in the call (``pixel_values`` and family variants)."""
+        return [k for k in self.kwargs if k.startswith("pixel_values")]
+
+    def has_pixels(self) -> bool:
+        """Whether the call carries raw image inputs."""
+        return self.kwargs.get("pixel_values") is not None
+
+
+def bind_positional(forward: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with ``args`` bound to ``forward``'s parameter names (some families call their base model
+    positionally)."""
+    if not args:
+        return kwargs
+    names = list(inspect.signature(forward).parameters)
+    return {**kwargs, **dict(zip(names, args))}
+
+
+def accepts_mm_encoder_outputs(model: Any) -> bool:
+    """Whether ``model.forward`` takes precomputed encoder outputs (transformers >= 5.18 multimodal models)."""
+    return MM_ENCODER_OUTPUTS in inspect.signature(model.forward).parameters
+
+
+def accepts_token_types(model: Any) -> bool:
+    """Whether ``model.forward`` takes ``token_type_ids`` (Gemma3 / PaliGemma: bidirectional image spans)."""
+    return "token_type_ids" in inspect.signature(model.forward).parameters
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Image features
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def encoder_kwargs(base: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The forward kwargs that ``base.get_image_features`` takes (as ``generate()`` selects them)."""
+    params = inspect.signature(base.get_image_features).parameters
+    return {k: kwargs[k] for k in params if k != "kwargs" and k in kwargs and kwargs[k] is not None}
+
+
+def image_features(base: Any, enc: dict[str, Any]) -> Any:
+    """Run the stock ``get_image_features`` (a ``BaseModelOutputWithPooling``; the projected features of each image
+    are its ``pooler_output``)."""
+    return base.get_image_features(**enc, return_dict=True)
+
+
+def pooled(outputs: Any) -> Any:
+    """The projected per-image features of a ``get_image_features`` result: a tensor (n_img, n, C), (n, C), or a
+    list/tuple of per-image tensors."""
+    return outputs.pooler_output
+
+
+def set_pooled(outputs: Any, features: Any) -> None:
+    """Replace the projected features of a ``get_image_features`` result."""
+    outputs.pooler_output = features
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# KV cache
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def is_dynamic_cache(cache: Any) -> bool:
+    """Whether ``cache`` is the default ``DynamicCache`` with only ``DynamicLayer`` layers (per-layer lengths)."""
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    return isinstance(cache, DynamicCache) and all(isinstance(x, DynamicLayer) for x in cache.layers)
+
+
+def output_cache(outputs: Any) -> Any:
+    """The KV cache of a model output (5.24 renamed the field ``past_key_values`` to ``cache``)."""
+    for name in CACHE_NAMES:
+        if isinstance(outputs, dict) and outputs.get(name) is not None:
+            return outputs[name]
+    return None
+
+
+#: Tensor attributes of a cache layer that hold keys and values (quantized layers keep their storage apart).
+KV_ATTRIBUTES = ("keys", "values", "_quantized_keys", "_quantized_values")
+
+
+def cache_layers(cache: Any) -> list[Any]:
+    """The per-layer entries of a cache: ``Cache.layers`` objects, or ``(keys, values, ...)`` legacy tuples.
+
+    Raises:
+        TypeError: If ``cache`` is neither a transformers cache nor a tuple of per-layer tuples.
+    """
+    if cache is None:
+        return []
+    if hasattr(cache, "self_attention_cache"):  # EncoderDecoderCache
+        return cache_layers(cache.self_attention_cache) + cache_layers(cache.cross_attention_cache)
+    layers = getattr(cache, "layers", None)
+    if layers is not None:
+        return list(layers)
+    if isinstance(cache, (tuple, list)):
+        return list(cache)
+    raise TypeError(
+        f"cannot read a KV cache from {type(cache).__name__}: expected a transformers Cache (with .layers) "
+        "or a tuple of per-layer (keys, values) tuples"
+    )
+
+
+def cache_layer_tensors(layer: Any) -> list[Any]:
+    """The key/value storage of one cache entry (tensors, tuples of tensors, or ``None``)."""
+    if layer is None:
+        return []
+    if isinstance(layer, (tuple, list)):
+        return list(layer[:2])
+    return [getattr(layer, name, None) for name in KV_ATTRIBUTES]
+
+
+def cache_layer_length(layer: Any) -> int:
+    """Tokens stored in one cache entry (a static layer counts only its filled part)."""
+    if layer is None:
+        return 0
+    keys = (layer[0] if layer else None) if isinstance(layer, (tuple, list)) else getattr(layer, "keys", None)
+    shape = getattr(keys, "shape", None)
+    stored = int(shape[-2]) if shape is not None and len(shape) >= 2 else 0
+    if hasattr(layer, "_quantized_keys"):  # keys hold only the full-precision residual
+        return int(layer.get_seq_length())
+    if hasattr(layer, "max_cache_len"):  # pre-allocated buffer: only the filled part counts
+        return min(stored, int(layer.get_seq_length()))
+    return stored
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Attention functions
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def text_attn_implementation(text_config: Any) -> str:
+    """The attention implementation the language model runs (``"sdpa"``, ``"eager"``, a registered name, ...)."""
+    return str(text_config._attn_implementation)
+
+
+def set_text_attn_implementation(model: Any, name: str) -> None:
+    """Switch only the language model's attention implementation (the vision tower keeps its own)."""
+    model.set_attn_implementation({"text_config": name})
+
+
+def register_attention(name: str, function: Callable[..., Any], like: str) -> None:
+    """Register ``function`` as attention implementation ``name``, with the stock mask function of ``like``.
+
+    Without the paired mask function, ``masking_utils`` silently builds no padding mask for an unknown name.
+    """
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
+
+    mask: Any = {"sdpa": sdpa_mask, "eager": eager_mask}[like]
+    AttentionInterface.register(name, function)
+    AttentionMaskInterface.register(name, mask)
+
+
+def sdpa_attention(*args: Any, **kwargs: Any) -> Any:
+    """transformers' stock SDPA attention function."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    return sdpa_attention_forward(*args, **kwargs)
+
+
+def eager_attention(module: torch.nn.Module) -> Callable[..., Any]:
+    """The eager attention function of ``module``'s own modeling file (Llama's when the file defines none)."""
+    from transformers.models.llama.modeling_llama import eager_attention_forward
+
+    return getattr(sys.modules[type(module).__module__], "eager_attention_forward", eager_attention_forward)
+
+
+def attention_scaling(module: torch.nn.Module, kwargs: dict[str, Any], head_dim: int) -> float:
+    """The softmax scale an attention module passed to its attention function."""
+    scaling = kwargs.get("scaling")
+    if scaling is None:
+        scaling = getattr(module, "scaling", head_dim**-0.5)
+    return float(scaling)
+
+
+def layer_attention(layer: torch.nn.Module) -> torch.nn.Module:
+    """The self-attention module of a decoder layer."""
+    attn = layer.get_submodule("self_attn")
+    return attn
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Generation
+# ----------------------------------------------------------------------------------------------------------------
+
+#: ``generate()`` kwargs that switch on assisted / speculative decoding.
+ASSISTED_KWARGS = ("assistant_model", "prompt_lookup_num_tokens", "assistant_early_exit", "draft_model")
+#: ``cache_implementation`` values whose layers cannot hold per-layer lengths.
+STATIC_CACHES = ("static", "offloaded_static", "hybrid", "hybrid_chunked", "sliding_window", "mamba", "quantized")
+
+
+@dataclass(frozen=True)
+class GenerationModes:
+    """The modes of a ``generate()`` call that token reduction cannot run under.
+
+    Attributes:
+        assisted: Assisted / speculative decoding was asked for.
+        chunked_prefill: The prompt would be prefilled in chunks.
+        static_cache: The ``cache_implementation`` asked for when its layers share one length, else ``None``.
+    """
+
+    assisted: bool
+    chunked_prefill: bool
+    static_cache: str | None
+
+
+def generation_modes(model: Any, kwargs: dict[str, Any]) -> GenerationModes:
+    """What a ``generate()`` call (its kwargs and the model's generation config) asks for."""
+    cfg = kwargs.get("generation_config") or getattr(model, "generation_config", None)
+    impl = kwargs.get("cache_implementation") or getattr(cfg, "cache_implementation", None)
+    return GenerationModes(
+        assisted=any(kwargs.get(k) is not None for k in ASSISTED_KWARGS),
+        chunked_prefill=bool(getattr(cfg, "prefill_chunk_size", None) or kwargs.get("prefill_chunk_size")),
+        static_cache=impl if impl in STATIC_CACHES else None,
+    )
+
+
+def generate_prompt_ids(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``generate()``'s arguments with the prompt moved to ``input_ids`` (it may come positionally or as
+    ``inputs``)."""
+    if args and torch.is_tensor(args[0]) and INPUT_IDS not in kwargs:
+        kwargs[INPUT_IDS], args = args[0], args[1:]
+    if "inputs" in kwargs and INPUT_IDS not in kwargs:
+        kwargs[INPUT_IDS] = kwargs.pop("inputs")
+    return args, kwargs
+
+
+def generated_sequences(out: Any) -> torch.Tensor | None:
+    """The token ids of a ``generate()`` result (a tensor, or an output with ``sequences``)."""
+    return out if torch.is_tensor(out) else getattr(out, "sequences", None)
+
+
+def with_sequences(out: Any, sequences: torch.Tensor) -> Any:
+    """A ``generate()`` result with its token ids replaced."""
+    if torch.is_tensor(out):
+        return sequences
+    out.sequences = sequences
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Vision towers (ToMe)
+# ----------------------------------------------------------------------------------------------------------------
+
+#: (norm1, attention, layer_scale1, norm2, mlp, layer_scale2, has class token) per encoder layer class.
+VISION_LAYOUTS: dict[str, tuple[str, str, str | None, str, str, str | None, bool]] = {
+    "CLIPEncoderLayer": ("layer_norm1", "self_attn", None, "layer_norm2", "mlp", None, True),
+    "SiglipEncoderLayer": ("layer_norm1", "self_attn", None, "layer_norm2", "mlp", None, False),
+    "Dinov2Layer": ("norm1", "attention", "layer_scale1", "norm2", "mlp", "layer_scale2", True),
+}
+
+
+def vision_encoder_layers(tower: Any) -> torch.nn.ModuleList | None:
+    """The encoder layers of a CLIP / SigLIP / DINOv2 vision tower, or ``None``."""
+    for path in ("vision_model.encoder.layers", "encoder.layers", "encoder.layer"):
+        obj = tower
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+        if isinstance(obj, torch.nn.ModuleList):
+            return obj
+    return None
+
+
+def vision_attention(attn: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None, kwargs: dict[str, Any]) -> Any:
+    """Call a vision encoder's attention module on ``x`` with an additive bias as its mask; returns its output."""
+    out, _ = attn(x, attention_mask=bias, **kwargs)
+    return out
+
+
+#: Names of the key projection of vision attention modules (``k_proj`` in 5.x CLIP/SigLIP/DINOv2; ``key`` in
+#: older DINOv2 code that remote-code models may still carry).
+VISION_KEY_PROJECTIONS: tuple[str, ...] = ("k_proj", "key")
+
+
+def vision_key_module(attn: torch.nn.Module) -> torch.nn.Module:
+    """The key projection of a vision encoder layer's attention module."""
+    for name in VISION_KEY_PROJECTIONS:
+        module = getattr(attn, name, None)
+        if isinstance(module, torch.nn.Module):
+            return module
+    raise AttributeError(f"{type(attn).__name__} has no key projection ({', '.join(VISION_KEY_PROJECTIONS)})")
+
+
+def attention_heads(attn: torch.nn.Module) -> int:
+    """Number of heads of an attention module."""
+    return int(getattr(attn, "num_heads", 0) or getattr(attn, "num_attention_heads", 1))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Building the reference model (internal transformers modules, not top-level exports)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def gguf_metadata(path: str) -> dict[str, Any]:
+    """The config and tokenizer metadata of a GGUF file, without its tensors."""
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    return dict(load_gguf_checkpoint(path, return_tensors=False))
+
+
+def pil_bit_image_processor(**options: Any) -> Any:
+    """A PIL-backed BiT image processor (resize, centre crop, normalise), usable without torchvision."""
+    from transformers.models.bit.image_processing_pil_bit import BitImageProcessorPil
+
+    return BitImageProcessorPil(**options)
