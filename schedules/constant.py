@@ -8,10 +8,11 @@ from pydantic import Field
 
 from tokred._components import BaseScheduler, ComponentConfig
 from tokred.hookspecs import hookimpl
+from tokred.ops.counts import ROUNDING_HELP, Rounding, keep_count
 
 
 class ConstantScheduler(BaseScheduler):
-    """Same budget at every layer: ``floor(keep_ratio * N)`` reducible tokens.
+    """Same budget at every layer: ``keep_count(N, keep_ratio, rounding)`` reducible tokens (floor by default).
 
     With the default ``keep_ratio=1`` nothing is reduced in the stack; this is the schedule of strategies that
     reduce only before the LLM. Inside the LLM a value below 1 is refused by the pipeline because layer 0 is never
@@ -21,12 +22,15 @@ class ConstantScheduler(BaseScheduler):
     name = "constant"
 
     class Config(ComponentConfig):
-        keep_ratio: float = Field(1.0, gt=0.0, le=1.0, description="Fraction of reducible tokens every layer keeps.")
+        keep_ratio: float = Field(
+            1.0, gt=0.0, le=1.0, description="Fraction of reducible tokens every layer keeps (exact decimal)."
+        )
+        rounding: Rounding = Field("floor", description=f"How keep_ratio * N becomes a count: {ROUNDING_HELP}.")
 
     config: Config
 
     def _budgets(self, num_layers: int, num_tokens: int) -> list[int]:
-        return [int(self.config.keep_ratio * num_tokens)] * num_layers
+        return [keep_count(num_tokens, self.config.keep_ratio, self.config.rounding)] * num_layers
 
 
 @hookimpl

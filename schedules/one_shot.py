@@ -12,12 +12,14 @@ from pydantic import Field
 from tokred._components import BaseScheduler, ComponentConfig
 from tokred.errors import ConfigError
 from tokred.hookspecs import hookimpl
+from tokred.ops.counts import ROUNDING_HELP, Rounding, keep_count
 
 
 class OneShotScheduler(BaseScheduler):
-    """Keep every reducible token in layers ``0..K-1`` and ``floor(keep_ratio * N)`` from layer ``K`` on.
+    """Keep every reducible token in layers ``0..K-1`` and ``keep_count(N, keep_ratio, rounding)`` from layer ``K`` on.
 
-    FastV's "drop R % after layer K" is ``layer=K, keep_ratio=1-R`` (paper defaults K = 2, R = 50 %).
+    FastV's "drop R % after layer K" is ``layer=K, keep_ratio=1-R`` (paper defaults K = 2, R = 50 %). The count is
+    rounded to the nearest integer by default, as FastV's Hugging Face code does (``round(N * (1 - R))``).
     """
 
     name = "one-shot"
@@ -25,7 +27,12 @@ class OneShotScheduler(BaseScheduler):
 
     class Config(ComponentConfig):
         layer: int = Field(2, ge=1, description="0-indexed layer K from which the reduced set is used (K >= 1).")
-        keep_ratio: float = Field(0.5, ge=0.0, le=1.0, description="Fraction of reducible tokens kept from layer K.")
+        keep_ratio: float = Field(
+            0.5, ge=0.0, le=1.0, description="Fraction of reducible tokens kept from layer K (exact decimal)."
+        )
+        rounding: Rounding = Field(
+            "round", description=f"How keep_ratio * N becomes a count (FastV rounds): {ROUNDING_HELP}."
+        )
 
     config: Config
 
@@ -35,7 +42,7 @@ class OneShotScheduler(BaseScheduler):
             raise ConfigError(
                 f"scheduler 'one-shot': layer={k} but the stack has {num_layers} layers; choose 1..{num_layers - 1}"
             )
-        kept = int(self.config.keep_ratio * num_tokens)
+        kept = keep_count(num_tokens, self.config.keep_ratio, self.config.rounding)
         return [num_tokens] * k + [kept] * (num_layers - k)
 
 

@@ -14,6 +14,7 @@ from pydantic import Field
 from tokred._components import BaseScheduler, ComponentConfig
 from tokred.errors import ConfigError
 from tokred.hookspecs import hookimpl
+from tokred.ops.counts import keep_count
 
 
 class PyramidScheduler(BaseScheduler):
@@ -26,7 +27,12 @@ class PyramidScheduler(BaseScheduler):
         boundaries: tuple[int, ...] | None = Field(
             None, description="1-indexed layer counts after which a stage ends; None = quarters of the depth."
         )
-        ratio: float = Field(0.5, gt=0.0, lt=1.0, description="Factor applied to the budget at each boundary (λ).")
+        ratio: float = Field(
+            0.5,
+            gt=0.0,
+            lt=1.0,
+            description="Factor applied to the budget at each boundary (λ); stage s keeps floor(N * λ**s), exact.",
+        )
 
     config: Config
 
@@ -44,7 +50,7 @@ class PyramidScheduler(BaseScheduler):
     def _budgets(self, num_layers: int, num_tokens: int) -> list[int]:
         bounds = self.resolved(num_layers)
         stages = [sum(b <= i for b in bounds) for i in range(num_layers)]
-        return [int(num_tokens * self.config.ratio**s) for s in stages]
+        return [keep_count(num_tokens, self.config.ratio, "floor", power=s) for s in stages]
 
 
 @hookimpl

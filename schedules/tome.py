@@ -1,18 +1,22 @@
 """ToMe's per-layer merge schedule with inflection.
 
 Bolya et al., "Token Merging: Your ViT but Faster", ICLR 2023, arXiv:2210.09461. Layer ``i`` merges ``r_i`` tokens,
-with ``r_i`` going linearly from ``r (1 - inflect)`` to ``r (1 + inflect)`` across the layers (truncated to an
-integer); ``inflect = -1`` is the paper's decreasing schedule, 0 a constant ``r``.
+with ``r_i`` going linearly across the ``L`` layers from ``lo = floor(r (1 - inflect))`` to ``hi = 2 r - lo``, each
+truncated to an integer: ``r_i = floor(lo + (hi - lo) i / (L - 1))``. Truncating the first value before deriving the
+last is the reference schedule's rule (it keeps the mean near ``r`` for a fractional ``inflect``); the arithmetic
+is exact (the inflect is read as a decimal). ``inflect = -1`` is the paper's decreasing schedule, 0 a constant ``r``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from pydantic import Field
 
 from tokred._components import BaseScheduler, ComponentConfig
 from tokred.hookspecs import hookimpl
+from tokred.ops.counts import exact_ratio
 
 
 class TomeScheduler(BaseScheduler):
@@ -33,20 +37,27 @@ class TomeScheduler(BaseScheduler):
     config: Config
 
     def reductions(self, num_layers: int) -> list[int]:
-        """The per-layer ``r_i`` before clipping."""
-        r, inflect = self.config.r, self.config.inflect
-        lo, hi = r * (1.0 - inflect), r * (1.0 + inflect)
+        """The per-layer ``r_i`` before clipping, for a stack of ``num_layers`` merging layers."""
+        r = self.config.r
+        lo = math.floor(r * (1 - exact_ratio(self.config.inflect)))
+        hi = 2 * r - lo
         if num_layers == 1:
-            return [int(r)]
-        step = (hi - lo) / (num_layers - 1)
-        return [int(lo + step * i) for i in range(num_layers)]
+            return [r]
+        return [math.floor(lo + (hi - lo) * exact_ratio(i) / (num_layers - 1)) for i in range(num_layers)]
+
+    def tower_counts(self, num_layers: int, num_tokens: int) -> list[int]:
+        """Tokens entering each of ``num_layers`` merging layers, then the stack's output (``num_layers + 1``).
+
+        Layer ``i`` merges ``r_i`` of its ``c_i`` tokens: ``c_{i+1} = c_i - min(r_i, (c_i - protected) // 2)``.
+        """
+        counts = [num_tokens]
+        for r_i in self.reductions(num_layers):
+            c = counts[-1]
+            counts.append(c - min(r_i, max(0, c - self.config.protected) // 2))
+        return counts
 
     def _budgets(self, num_layers: int, num_tokens: int) -> list[int]:
-        budgets = [num_tokens]
-        for r_i in self.reductions(num_layers)[:-1]:
-            b = budgets[-1]
-            budgets.append(b - min(r_i, max(0, b - self.config.protected) // 2))
-        return budgets
+        return self.tower_counts(num_layers, num_tokens)[:-1]
 
 
 @hookimpl

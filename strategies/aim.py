@@ -40,14 +40,43 @@ from tokred._components import (
 from tokred.errors import ConfigError
 from tokred.hookspecs import hookimpl
 from tokred.ops.attention import pagerank_importance
+from tokred.ops.counts import exact_ratio, keep_count
+
+
+def reference_rounds(keep_ratio: float) -> list[int] | None:
+    """Exponents ``e_i`` of AIM's round schedule for a keep ratio, or ``None`` when it is not one of its schedules.
+
+    AIM's rounds remove ``T // 2**e`` tokens each, ``T`` the original count: 0.25 is ``(1, 2)`` (196 -> 98 -> 49,
+    the video default), 0.4375 is ``(1, 4)`` (576 -> 288 -> 252, the LLaVA-1.5 image default), 0.125 is
+    ``(1, 2, 3)``. A ratio is such a schedule when ``1 - keep_ratio`` (read exactly as a decimal) has a finite binary
+    expansion, ``sum(2**-e_i)``; its digits are the rounds, in increasing ``e``.
+    """
+    rest = 1 - exact_ratio(keep_ratio)
+    den = rest.denominator
+    if rest <= 0 or den & (den - 1) or den > 2**20:
+        return None
+    bits = den.bit_length() - 1  # den == 2**bits
+    return [e for e in range(1, bits + 1) if (rest.numerator >> (bits - e)) & 1]
 
 
 def merge_rounds(n: int, keep_ratio: float) -> list[int]:
-    """Tokens removed by each AIM merge round to go from ``n`` to ``round(keep_ratio * n)`` tokens.
+    """Tokens removed by each AIM merge round of ``n`` tokens at ``keep_ratio``.
 
-    Every round but the last removes half of what is left (the most one bipartite round can remove).
+    When the ratio is one of AIM's schedules (`reference_rounds`) the rounds are the reference's,
+    ``r_i = n // 2**e_i`` of the original count (0.25 of 169 keeps 43 = 169 - 84 - 42, not 42). Otherwise every
+    round but the last removes half of what is left (the most one bipartite round can remove) and the last one
+    reaches ``floor(keep_ratio * n)`` tokens (at least 1), in exact arithmetic.
     """
-    target = min(n, max(1, round(keep_ratio * n)))
+    exps = reference_rounds(keep_ratio)
+    if exps is not None:
+        rounds, left = [], n
+        for e in exps:
+            r = min(n // 2**e, left // 2)
+            if r > 0:
+                rounds.append(r)
+                left -= r
+        return rounds
+    target = min(n, max(1, keep_count(n, keep_ratio, "floor")))
     rounds, left = [], n
     while left > target and left >= 2:
         r = min(left // 2, left - target)
@@ -143,8 +172,8 @@ class ScaledLinearScheduler(LinearScheduler):
     def resolved(self, num_layers: int) -> tuple[int, int]:
         d1, d2 = default_l1_l2(num_layers)
         s = self.config.depth_scale
-        l1 = self.config.l1 if self.config.l1 is not None else max(1, round(d1 * s))
-        l2 = self.config.l2 if self.config.l2 is not None else max(l1 + 1, round(d2 * s))
+        l1 = self.config.l1 if self.config.l1 is not None else max(1, round(d1 * exact_ratio(s)))
+        l2 = self.config.l2 if self.config.l2 is not None else max(l1 + 1, round(d2 * exact_ratio(s)))
         if l2 <= l1:
             raise ConfigError(f"scheduler 'aim-linear': need l1 < l2, got l1={l1}, l2={l2}")
         return l1, l2

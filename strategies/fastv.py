@@ -22,6 +22,7 @@ from tokred._components import BaseMerger, BaseScheduler, BaseScorer, ComponentC
 from tokred.errors import ConfigError
 from tokred.hookspecs import hookimpl
 from tokred.ops.attention import attention_rows
+from tokred.ops.counts import ROUNDING_HELP, Rounding
 
 
 class LastTokenAttentionScorer(BaseScorer):
@@ -56,12 +57,16 @@ class FastVStrategy(Strategy):
 
     class Config(ComponentConfig):
         layer: int = Field(2, ge=1, description="K: first 0-indexed decoder layer that sees the reduced set (K >= 1).")
-        keep_ratio: float = Field(0.5, ge=0.0, le=1.0, description="Fraction of visual tokens kept (1 - R).")
+        keep_ratio: float = Field(0.5, ge=0.0, le=1.0, description="Fraction of visual tokens kept (1 - R), exact.")
+        rounding: Rounding = Field(
+            "round", description=f"How keep_ratio * N becomes a count (FastV's code rounds): {ROUNDING_HELP}."
+        )
 
     config: Config
 
     def build(self) -> tuple[BaseMerger | None, BaseScorer | None, BaseScheduler | None]:
-        schedule = OneShotScheduler(layer=self.config.layer, keep_ratio=self.config.keep_ratio)
+        c = self.config
+        schedule = OneShotScheduler(layer=c.layer, keep_ratio=c.keep_ratio, rounding=c.rounding)
         return None, LastTokenAttentionScorer(), schedule
 
 

@@ -22,6 +22,7 @@ from tokred._components import (
     Strategy,
 )
 from tokred.hookspecs import hookimpl
+from tokred.ops.counts import ROUNDING_HELP, Rounding, keep_count
 
 
 class RandomScorer(BaseScorer):
@@ -50,7 +51,7 @@ class RandomScorer(BaseScorer):
 
 
 class RandomMerger(BaseMerger):
-    """Keeps a seeded random ``keep_ratio`` share of each image's tokens, in their original order.
+    """Keeps a seeded random ``keep_ratio`` share of each image's tokens (at least one), in their original order.
 
     Every image of a batch keeps the same positions (one seeded draw), so results do not depend on batching.
     """
@@ -59,13 +60,14 @@ class RandomMerger(BaseMerger):
     stage = "pre_llm"
 
     class Config(ComponentConfig):
-        keep_ratio: float = Field(0.5, gt=0.0, le=1.0, description="Fraction of each image's tokens kept.")
+        keep_ratio: float = Field(0.5, gt=0.0, le=1.0, description="Fraction of each image's tokens kept (exact).")
         seed: int = Field(0, ge=0, description="Seed of the generator; the same seed keeps the same tokens.")
+        rounding: Rounding = Field("floor", description=f"How keep_ratio * N becomes a count: {ROUNDING_HELP}.")
 
     config: RandomMerger.Config
 
     def output_count(self, n: int, grid: tuple[int, int] | None = None) -> int:
-        return max(1, int(self.config.keep_ratio * n))
+        return max(1, keep_count(n, self.config.keep_ratio, self.config.rounding))
 
     def merge(self, x: torch.Tensor, ctx: MergeContext) -> MergeResult:
         from tokred.ops import gather_tokens, random_keep, source_from_keep
@@ -84,17 +86,19 @@ class RandomStrategy(Strategy):
     budget_knob = "keep_ratio"
 
     class Config(ComponentConfig):
-        keep_ratio: float = Field(0.5, gt=0.0, le=1.0, description="Fraction of visual tokens kept.")
+        keep_ratio: float = Field(0.5, gt=0.0, le=1.0, description="Fraction of visual tokens kept (exact decimal).")
         layer: int = Field(0, ge=0, description="0: select before the LLM; K >= 1: from decoder layer K on.")
         seed: int = Field(0, ge=0, description="Seed of the generator.")
+        rounding: Rounding = Field("floor", description=f"How keep_ratio * N becomes a count: {ROUNDING_HELP}.")
 
     config: RandomStrategy.Config
 
     def build(self) -> tuple[BaseMerger | None, BaseScorer | None, BaseScheduler | None]:
         c = self.config
         if c.layer == 0:
-            return RandomMerger(keep_ratio=c.keep_ratio, seed=c.seed), None, None
-        return None, RandomScorer(seed=c.seed), OneShotScheduler(layer=c.layer, keep_ratio=c.keep_ratio)
+            return RandomMerger(keep_ratio=c.keep_ratio, seed=c.seed, rounding=c.rounding), None, None
+        schedule = OneShotScheduler(layer=c.layer, keep_ratio=c.keep_ratio, rounding=c.rounding)
+        return None, RandomScorer(seed=c.seed), schedule
 
 
 @hookimpl

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from tokred.eval.datasets import Dataset, Sample, ShapesDataset, exact_match, load_dataset
+from tokred.ops.counts import exact_ratio, keep_count
 
 __all__ = ["EvalResult", "Prediction", "drop_curve", "evaluate", "format_table", "main", "random_token_drop"]
 
@@ -186,7 +187,7 @@ def evaluate(
             input_ids, attention_mask = enc["input_ids"], enc["attention_mask"]
             if drop_ratio > 0:
                 n_img = int((input_ids[0][attention_mask[0].bool()] == image_token_id).sum())
-                k = max(1, round(n_img * (1 - drop_ratio)))
+                k = max(1, keep_count(n_img, 1 - exact_ratio(drop_ratio), "round"))
                 keep = []
                 for i in range(len(batch)):
                     g = torch.Generator().manual_seed(seed + s + i)

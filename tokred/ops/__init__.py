@@ -19,6 +19,7 @@ Every reduction reports provenance as a ``source`` tensor of shape (B, N_in): th
 into, or -1 for a dropped input (see `tokred.ops.provenance`).
 
 Modules:
+    counts: exact "how many of n a ratio keeps" (`keep_count`) with a stated rounding rule.
     provenance: compact "which inputs made each output" bookkeeping.
     matching: ToMe bipartite soft matching as a `MergePlan`; AIM per-frame merging; proportional attention.
     selection: top-k and seeded random selection with protected tokens; gathering.
@@ -27,6 +28,7 @@ Modules:
 
 from __future__ import annotations
 
+from tokred.ops.counts import Rounding, exact_ratio, keep_count
 from tokred.ops.matching import (
     MergeOrder,
     MergePlan,
@@ -50,15 +52,18 @@ from tokred.ops.selection import gather_tokens, protected_count, random_keep, ra
 __all__ = [
     "MergeOrder",
     "MergePlan",
+    "Rounding",
     "aim_merge_frames",
     "aim_round_sizes",
     "avg_pool_grid",
     "bipartite_soft_matching",
     "compose_sources",
+    "exact_ratio",
     "gather_tokens",
     "group_sizes",
     "identity_plan",
     "identity_source",
+    "keep_count",
     "max_merge_r",
     "pooled_grid_shape",
     "proportional_attention_bias",
