@@ -26,6 +26,7 @@ FAMILIES = [
     "smolvlm",
     "internvl",
     "gemma3",
+    "qwen3_vl",
 ]
 
 
@@ -48,13 +49,17 @@ def tiny(family):
 
 
 def _capture_decoder_inputs(model, inputs):
-    """Run the unpatched model without cache; return inputs_embeds and per-layer (position_embeddings, mask)."""
+    """Run the unpatched model without cache; return inputs_embeds, per-layer (position_embeddings, mask) and the
+    DeepStack injection (visual mask (B, N), per-layer (V, C) features) or None."""
     dec = model.get_decoder()
     seen: dict = {}
     layers: list = [None] * len(dec.layers)
 
     def dec_hook(mod, args, kwargs):
-        seen["embeds"] = kwargs["inputs_embeds"]
+        call = hf.CallArgs(args, kwargs)
+        seen["embeds"] = call.inputs_embeds
+        if call.deepstack_embeds is not None:
+            seen["injection"] = (call.visual_pos_masks.bool(), list(call.deepstack_embeds))
 
     def layer_hook(i, mod, args, kwargs):
         layers[i] = (kwargs.get("position_embeddings"), kwargs.get("attention_mask"))
@@ -70,7 +75,7 @@ def _capture_decoder_inputs(model, inputs):
     finally:
         for h in handles:
             h.remove()
-    return seen["embeds"], layers
+    return seen["embeds"], layers, seen.get("injection")
 
 
 def _gather(t, idx, dim):
@@ -92,7 +97,7 @@ def reference_last_logits(model, inputs, keeps: dict[int, torch.Tensor], prompt_
         keeps: Layer -> kept original prompt indices (B, K) from that layer on (tokred's ``stats.kept_indices``).
         prompt_len: Prompt length N; tokens after it (generated) are always kept.
     """
-    embeds, layers = _capture_decoder_inputs(model, inputs)
+    embeds, layers, injection = _capture_decoder_inputs(model, inputs)
     b, total = embeds.shape[:2]
     h = embeds.clone()
     active = torch.arange(total).expand(b, total)
@@ -119,5 +124,9 @@ def reference_last_logits(model, inputs, keeps: dict[int, torch.Tensor], prompt_
             )
             out = out[0] if isinstance(out, tuple) else out
             h = h.scatter(1, active[:, :, None].expand(-1, -1, h.shape[-1]), out)
+            if injection is not None and i < len(injection[1]):  # DeepStack: features added after layer i
+                vis = injection[0]
+                h = h.clone()
+                h[vis] = h[vis] + injection[1][i]
         last = dec.norm(h[:, -1:])
         return model.lm_head(last)[:, -1].float()

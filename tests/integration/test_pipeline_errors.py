@@ -50,12 +50,12 @@ def test_unsupported_model_names_families():
         patch(model, "fastv")
 
 
-def test_deepstack_model_is_refused_untouched():
+def test_deepstack_model_refuses_tower_merging_untouched():
     model, _ = tiny_model("qwen3_vl")
-    with pytest.raises(UnsupportedModelError, match="DeepStack"):
-        patch(model, "fastv")
+    with pytest.raises(UnsupportedModelError, match="vision-tower merging"):
+        patch(model, "tome")
     assert _untouched(model)
-    patch(model, "none").remove()  # no reduction: nothing to refuse
+    patch(model, "fastv").remove()  # DeepStack itself is handled
 
 
 def test_layer_zero_is_never_pruned():

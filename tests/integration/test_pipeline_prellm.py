@@ -12,7 +12,7 @@ from tokred.pipeline import patch
 
 pytestmark = pytest.mark.integration
 
-GRID_FAMILIES = ["llava", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm", "internvl", "gemma3"]
+GRID_FAMILIES = ["llava", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics3", "smolvlm", "internvl", "gemma3"]
 ONE_D = ["llava", "idefics3", "smolvlm", "internvl", "gemma3"]
 
 
@@ -35,9 +35,13 @@ def _reference_inputs(model, inputs, merger, grid):
         if k in ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
     }
     pooled = res.x[0] if isinstance(feats, (list, tuple)) else res.x
-    ref["mm_encoder_outputs"] = {
-        "image": BaseModelOutputWithPooling(pooler_output=[pooled] if isinstance(feats, (list, tuple)) else pooled)
-    }
+    image = BaseModelOutputWithPooling(pooler_output=[pooled] if isinstance(feats, (list, tuple)) else pooled)
+    deepstack = getattr(out, "deepstack_features", None)
+    if deepstack:  # Qwen3-VL: the features added inside the LLM go through the same merger
+        image.deepstack_features = [
+            (merger.merge(level[0][None], MergeContext(grid=grid)).x[0],) for level in deepstack
+        ]
+    ref["mm_encoder_outputs"] = {"image": image}
     if "image_grid_thw" in inputs:  # let Qwen compute M-RoPE itself for the pooled grid
         merge = model.config.vision_config.spatial_merge_size
         ref["image_grid_thw"] = torch.tensor([[1, res.grid[0] * merge, res.grid[1] * merge]])
@@ -49,16 +53,16 @@ def _grid(family, model):
 
 
 @pytest.mark.parametrize("family", GRID_FAMILIES)
-@pytest.mark.parametrize("strategy", ["pooling", "random"])
+@pytest.mark.parametrize("strategy", ["pooling", "random", "divprune"])
 def test_prellm_generate_matches_reference(family, strategy):
     from conftest import _cached
 
-    if strategy == "random" and family not in ONE_D:
+    if strategy in ("random", "divprune") and family not in ONE_D:
         pytest.skip("M-RoPE + selection is covered by test_qwen_selection_keeps_mrope_positions")
     model, make = _cached(family)
     inputs = make(batch=1)
     n = inputs["input_ids"].shape[1]
-    opts = dict(kernel=2) if strategy == "pooling" else dict(layer=0, keep_ratio=0.5, seed=1)
+    opts = {"pooling": dict(kernel=2), "random": dict(layer=0, keep_ratio=0.5, seed=1), "divprune": {}}[strategy]
     with patch(model, strategy, **opts) as handle, torch.no_grad():
         out = model.generate(
             **inputs, max_new_tokens=3, do_sample=False, output_logits=True, return_dict_in_generate=True
@@ -82,7 +86,7 @@ def test_prellm_generate_matches_reference(family, strategy):
         assert (logits - ref).abs().max().item() <= 1e-5, f"step {step}"
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 def test_qwen_selection_keeps_mrope_positions(family):
     """A pre-LLM selection keeps each kept token's own M-RoPE position (text keeps its own too)."""
     from conftest import _cached
@@ -139,3 +143,42 @@ def test_anyres_newlines_are_text_like(family):
         assert handle.stats.visual_tokens_out == int(0.5 * content)
         assert handle.stats.tokens_per_layer[0] == inputs["input_ids"].shape[1] - (content - int(0.5 * content))
     assert out.shape[1] == inputs["input_ids"].shape[1] + 2
+
+
+@pytest.mark.parametrize("strategy,options", [("pooling", {}), ("aim-merge", {}), ("random", dict(layer=0, seed=1))])
+def test_deepstack_features_reduced_with_the_visual_tokens(strategy, options):
+    """Qwen3-VL: the features DeepStack adds inside the LLM are reduced with each token's provenance (a merge
+    averages its group, a selection gathers), so they land on the tokens they belong to."""
+    from conftest import _cached
+
+    from tokred.adapters import hf
+
+    model, make = _cached("qwen3_vl")
+    inputs = make(batch=2)
+    adapter = tokred.pipeline.select_adapter(model)
+    with torch.no_grad():
+        full = hf.image_features(adapter.base, adapter.encoder_kwargs(inputs))
+    levels = hf.injected_features(full)  # [(per-image (n_i, C))]
+    seen = {}
+
+    def grab(mod, args, kwargs):
+        call = hf.CallArgs(args, kwargs)
+        seen["mask"], seen["embeds"] = call.visual_pos_masks, call.deepstack_embeds
+
+    with patch(model, strategy, **options) as handle, torch.no_grad():
+        h = model.get_decoder().register_forward_pre_hook(grab, with_kwargs=True)
+        try:
+            model(**inputs)
+        finally:
+            h.remove()
+        prov = handle.stats.visual_provenance
+    mask = seen["mask"]  # (B, N') visual positions of the shortened sequence
+    assert int(mask.sum()) < sum(f.shape[0] for f in levels[0])  # really reduced
+    flat = mask.flatten().cumsum(0).view(mask.shape) - 1  # row of each visual position in the embeds
+    for level, embeds in zip(levels, seen["embeds"]):
+        for (b, positions), feats in zip(prov, level):
+            for pos in positions.unique():
+                if pos < 0:
+                    continue
+                group = feats[positions == pos].mean(0)  # the original rows merged into this slot
+                torch.testing.assert_close(embeds[flat[b, pos]], group, rtol=1e-5, atol=1e-6)

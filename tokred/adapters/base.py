@@ -46,8 +46,6 @@ class ModelAdapter:
     model_types: ClassVar[tuple[str, ...]] = ("llava", "internvl", "idefics3", "smolvlm")
     #: True when the family adapter handles bidirectional attention inside image spans (materialised masks).
     handles_bidirectional: ClassVar[bool] = False
-    #: True when the adapter recomputes M-RoPE positions after a pre-LLM reduction.
-    recomputes_mrope: ClassVar[bool] = False
     #: True when some placeholder rows are structural (``text_like_rows``), so features must be inspected.
     has_text_like_rows: ClassVar[bool] = False
 
@@ -102,18 +100,21 @@ class ModelAdapter:
         """Reasons why the requested stages cannot be applied correctly to this model (empty: all fine)."""
         reasons = []
         lm_params = inspect.signature(self.decoder.forward).parameters
-        if any("deepstack" in p or p == "visual_pos_masks" for p in lm_params):
+        if any("deepstack" in p or p == "visual_pos_masks" for p in lm_params) and not self.injects_features():
             reasons.append(
-                "visual features are added inside the LLM at several layers (DeepStack-style); dropping or merging "
-                "visual tokens would misalign them"
+                "visual features are added inside the LLM at several layers (DeepStack-style) through inputs tokred "
+                "does not recognise, so dropping or merging visual tokens would misalign them"
             )
         if any(hasattr(self.decoder, a) for a in ("embed_tokens_per_layer", "per_layer_model_projection")):
             reasons.append("the decoder uses per-layer input embeddings, which tokred does not gather")
-        layer_types = list(getattr(self.text_config, "layer_types", None) or [])
-        odd = sorted({t for t in layer_types if t not in ("full_attention", "sliding_attention")})
-        if odd:
+        odd = self.non_attention_layers()
+        if odd and in_llm:  # a pre-LLM reduction only shortens the sequence: every layer kind handles that
+            kinds = sorted({t for _, t in odd})
+            attn = [i for i in range(self.num_layers) if i not in dict(odd)]
             reasons.append(
-                f"the decoder has recurrent/convolution layers ({', '.join(odd)}) whose state is not a KV cache"
+                f"the decoder has {', '.join(kinds)} layers (at {[i for i, _ in odd]}) whose recurrent/convolution "
+                f"state is not a per-token KV cache, so in-LLM pruning cannot keep decode consistent; attention "
+                f"layers: {attn}. Use a pre-LLM strategy (aim-merge, pooling, random layer=0) for this model"
             )
         if (in_llm or pre_llm) and self.bidirectional_image_attention() and not self.handles_bidirectional:
             reasons.append("image tokens attend bidirectionally within their span and no family adapter handles it")
@@ -122,6 +123,22 @@ class ModelAdapter:
                 "it uses M-RoPE positions, which a pre-LLM reduction changes and no family adapter recomputes"
             )
         return reasons
+
+    def injects_features(self) -> bool:
+        """Whether the decoder adds visual features after some layers through DeepStack inputs that tokred reduces
+        and gathers with the visual tokens (Qwen3-VL)."""
+        return hf.injects_visual_features(self.decoder)
+
+    def non_attention_layers(self) -> list[tuple[int, str]]:
+        """``(index, kind)`` of every decoder layer that is not (full or sliding-window) attention."""
+        layer_types = list(getattr(self.text_config, "layer_types", None) or [])
+        return [(i, t) for i, t in enumerate(layer_types) if t not in ("full_attention", "sliding_attention")]
+
+    @property
+    def recomputes_mrope(self) -> bool:
+        """Whether a pre-LLM reduction can give the shortened sequence the model's own M-RoPE positions: the base
+        model computes them itself (``get_rope_index``), so the survivors keep their original ones."""
+        return hf.has_rope_index(self.base)
 
     def uses_mrope(self) -> bool:
         """Whether the decoder uses multi-axis rotary positions (M-RoPE)."""
@@ -255,5 +272,18 @@ class ModelAdapter:
                 (B, N').
             valid: Which positions of the shortened sequence are real (not added padding), shape (B, N') bool.
             new_grids: Grid of each image after the merger, when it still forms one.
+
+        Returns:
+            For an M-RoPE model, the model's own positions of the full prompt gathered at ``src_index`` (every kept or
+            merged token keeps the position of its first source; text keeps its own), shape (3, B, N'); else
+            ``None``.
         """
-        return None
+        if not (self.uses_mrope() and hf.has_rope_index(self.base)):
+            return None
+        ids = kwargs[hf.INPUT_IDS]
+        call = {**kwargs, **enc_kwargs}
+        if call.get("mm_token_type_ids") is None:
+            call["mm_token_type_ids"] = self.placeholder_mask(ids).int()
+        pos = hf.rope_index(self.base, call)  # (3, B, N)
+        pos = pos.gather(2, src_index[None].expand(pos.shape[0], -1, -1))  # (3, B, N')
+        return pos.masked_fill(~valid[None], 1)

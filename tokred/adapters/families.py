@@ -48,18 +48,18 @@ class AnyresAdapter(ModelAdapter):
 
 
 class QwenVLAdapter(ModelAdapter):
-    """Qwen2-VL and Qwen2.5-VL: M-RoPE positions from ``get_rope_index`` and ``mm_token_type_ids``.
+    """Qwen2-VL, Qwen2.5-VL and Qwen3-VL: grids from ``image_grid_thw``, pooled grids re-numbered.
 
     After a pre-LLM reduction the shortened sequence no longer matches ``image_grid_thw``, so the adapter passes
     explicit 3-row positions: with a merger that keeps a grid (pooling) they come from ``get_rope_index`` on the
-    shortened ids and the pooled grid; otherwise every kept or merged token takes the M-RoPE position of its first
-    source token (text keeps its own), computed on the original sequence.
+    shortened ids and the pooled grid; otherwise (the generic rule) every kept or merged token takes the M-RoPE
+    position of its first source token (text keeps its own), computed on the original sequence. Qwen3-VL's DeepStack
+    features are reduced and gathered with the visual tokens by the generic pipeline.
     """
 
     name: ClassVar[str] = "qwen-vl"
-    families: ClassVar[str] = "Qwen2-VL, Qwen2.5-VL"
-    model_types: ClassVar[tuple[str, ...]] = ("qwen2_vl", "qwen2_5_vl")
-    recomputes_mrope: ClassVar[bool] = True
+    families: ClassVar[str] = "Qwen2-VL, Qwen2.5-VL, Qwen3-VL"
+    model_types: ClassVar[tuple[str, ...]] = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
 
     @classmethod
     def matches(cls, model: Any) -> bool:
@@ -89,7 +89,7 @@ class QwenVLAdapter(ModelAdapter):
             mm = (ids == self.image_token_id).int()
         thw = enc_kwargs.get("image_grid_thw")
         mask = kwargs.get("attention_mask")
-        if thw is not None and all(g is not None for g in new_grids):
+        if thw is not None and new_grids and all(g is not None for g in new_grids):
             merge = int(self.config.vision_config.spatial_merge_size)
             new_thw = torch.tensor(
                 [
@@ -107,9 +107,7 @@ class QwenVLAdapter(ModelAdapter):
                 new_ids, mm_token_type_ids=new_mm, image_grid_thw=new_thw, attention_mask=new_mask
             )
             return pos  # (3, B, N')
-        pos, _ = self.base.get_rope_index(ids, mm_token_type_ids=mm, image_grid_thw=thw, attention_mask=mask)
-        pos = pos.gather(2, src_index[None].expand(pos.shape[0], -1, -1))  # (3, B, N')
-        return pos.masked_fill(~valid[None], 1)
+        return super().prellm_position_ids(kwargs, enc_kwargs, src_index, valid, new_grids)
 
 
 class Gemma3Adapter(ModelAdapter):
@@ -131,20 +129,3 @@ class Gemma3Adapter(ModelAdapter):
 
     def feature_grids(self, enc_kwargs: dict[str, Any], counts: Sequence[int]) -> list[tuple[int, int] | None]:
         return super().feature_grids(enc_kwargs, counts)  # mm_tokens_per_image is a square
-
-
-class DeepStackAdapter(ModelAdapter):
-    """Qwen3-VL (and other DeepStack models): recognised so that the refusal is explicit.
-
-    DeepStack adds visual features to the hidden states of the first decoder layers at the image positions, so
-    neither a pre-LLM reduction nor in-LLM pruning before those layers is correct without reducing the injected
-    features too; tokred refuses both.
-    """
-
-    name: ClassVar[str] = "deepstack"
-    families: ClassVar[str] = "Qwen3-VL (refused: DeepStack)"
-    model_types: ClassVar[tuple[str, ...]] = ("qwen3_vl", "qwen3_vl_moe")
-
-    @classmethod
-    def matches(cls, model: Any) -> bool:
-        return _model_type(model) in cls.model_types

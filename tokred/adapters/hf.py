@@ -95,6 +95,10 @@ class CallArgs:
     attention_mask = _Kw(ATTENTION_MASK)
     position_ids = _Kw(POSITION_IDS)
     position_embeddings = _Kw("position_embeddings")  # (cos, sin), each (B, N, D) or (3, B, N, D) before folding
+    # DeepStack (Qwen3-VL, 5.18+): the decoder adds deepstack_visual_embeds[i] (V, C) to the hidden states at the
+    # visual_pos_masks (B, N) positions after decoder layer i.
+    visual_pos_masks = _Kw("visual_pos_masks")
+    deepstack_embeds = _Kw("deepstack_visual_embeds")
 
     def __init__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         self.args = args
@@ -157,6 +161,12 @@ def accepts_mm_encoder_outputs(model: Any) -> bool:
     return MM_ENCODER_OUTPUTS in inspect.signature(model.forward).parameters
 
 
+def injects_visual_features(decoder: Any) -> bool:
+    """Whether a decoder adds visual features to its hidden states after some layers (DeepStack-style)."""
+    params = inspect.signature(decoder.forward).parameters
+    return "deepstack_visual_embeds" in params and "visual_pos_masks" in params
+
+
 def accepts_token_types(model: Any) -> bool:
     """Whether ``model.forward`` takes ``token_type_ids`` (Gemma3 / PaliGemma: bidirectional image spans)."""
     return "token_type_ids" in inspect.signature(model.forward).parameters
@@ -188,6 +198,35 @@ def pooled(outputs: Any) -> Any:
 def set_pooled(outputs: Any, features: Any) -> None:
     """Replace the projected features of a ``get_image_features`` result."""
     outputs.pooler_output = features
+
+
+def injected_features(outputs: Any) -> list[Any] | None:
+    """The features a DeepStack encoder output adds inside the LLM: one entry per injection layer, each a tuple of
+    per-image (n_i, C) tensors with the rows of ``pooled(outputs)`` (``None`` for other models)."""
+    feats = getattr(outputs, "deepstack_features", None)
+    return list(feats) if feats else None
+
+
+def set_injected_features(outputs: Any, features: list[Any]) -> None:
+    """Replace the DeepStack features of an encoder output."""
+    outputs.deepstack_features = features
+
+
+def rope_index(base: Any, kwargs: dict[str, Any]) -> torch.Tensor:
+    """The model's own multi-axis (M-RoPE) positions of a full prompt, shape (3, B, N).
+
+    Calls ``base.get_rope_index`` with the arguments its signature names, taken from ``kwargs`` (the forward and
+    image-encoder inputs); families without ``mm_token_type_ids`` in the call get it from the placeholder ids.
+    """
+    params = inspect.signature(base.get_rope_index).parameters
+    args = {k: kwargs[k] for k in params if k not in ("self", "kwargs") and kwargs.get(k) is not None}
+    pos, _ = base.get_rope_index(**args)
+    return pos
+
+
+def has_rope_index(base: Any) -> bool:
+    """Whether the base model computes its own M-RoPE positions (``get_rope_index``)."""
+    return callable(getattr(base, "get_rope_index", None))
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -63,6 +63,8 @@ class InLLMStage:
         self.adapter = adapter
         self.state = state
         self.windows = adapter.sliding_windows()
+        # DeepStack injection taken over from the decoder while a prefill prunes: (visual mask (B, N), per-layer (V, C))
+        self.injection: tuple[torch.Tensor, list[torch.Tensor]] | None = None
 
     def install(self) -> list[RemovableHandle]:
         """Register the hooks; returns their handles."""
@@ -73,6 +75,8 @@ class InLLMStage:
         ]
         for i, layer in enumerate(self.adapter.decoder_layers()):
             handles.append(layer.register_forward_pre_hook(functools.partial(self._layer_pre, i), with_kwargs=True))
+            if self.adapter.injects_features():
+                handles.append(layer.register_forward_hook(functools.partial(self._layer_post, i)))
         return handles
 
     # --------------------------------------------------------------------------------------- decoder
@@ -87,10 +91,12 @@ class InLLMStage:
         st = self.state
         if past == 0:
             st.begin_prefill(b, q, emb.device)
+            self.injection = None
             if st.pruning:
                 self._guard_prefill(call.cache, q)
                 if call.attention_mask is None:  # never rely on packed-sequence detection
                     call.attention_mask = torch.ones(b, q, dtype=torch.long, device=emb.device)
+                self._take_injection(call)
             return call.result()
         if st.phase != "decode" or not st.pruning:
             return None
@@ -122,6 +128,32 @@ class InLLMStage:
                 "pruned sliding-window layers would evict by physical rather than original distance. Shorten the "
                 "prompt/generation or use a strategy without in-LLM pruning"
             )
+
+    def _take_injection(self, call: hf.CallArgs) -> None:
+        """Drop mode: take DeepStack features out of the decoder call; ``_layer_post`` adds them to the kept rows.
+
+        The decoder would add them at the visual positions of the full sequence after each of its first layers,
+        which no longer line up once a layer has dropped tokens.
+        """
+        embeds, mask = call.deepstack_embeds, call.visual_pos_masks
+        if embeds is None or mask is None or self.state.mode != "drop":
+            return
+        self.injection = (mask.bool(), list(embeds))
+        call.deepstack_embeds = None
+
+    def _layer_post(self, i: int, module: Any, args: tuple[Any, ...], output: Any) -> Any:
+        """After layer ``i`` of a pruned prefill: add its DeepStack features to the visual rows it kept."""
+        if self.injection is None or self.state.phase != "prefill" or i >= len(self.injection[1]):
+            return None
+        mask, embeds = self.injection  # (B, N), [(V, C)]
+        h = output if torch.is_tensor(output) else output[0]  # (B, N_i, C)
+        rows = (mask.flatten().cumsum(0) - 1).view(mask.shape)  # (B, N): row of each visual token in embeds
+        keep = self.state.layer_keep[i]  # (B, K) original indices this layer processed, None: all
+        if keep is not None:
+            mask, rows = mask.gather(1, keep), rows.gather(1, keep)
+        h = h.clone()
+        h[mask] = h[mask] + embeds[i].to(h.device, h.dtype)[rows[mask]]
+        return h if torch.is_tensor(output) else (h, *output[1:])
 
     def _decoder_post(self, module: Any, args: tuple[Any, ...], output: Any) -> None:
         if self.state.phase == "prefill":

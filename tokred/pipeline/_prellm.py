@@ -99,6 +99,17 @@ def plan_image(
     return ImagePlan(feats[order], reps[order], vis[order], None, source)
 
 
+def reduce_like(x: torch.Tensor, source: torch.Tensor, m: int) -> torch.Tensor:
+    """Reduce rows ``x`` (n, C) the way a plan reduced an image: the mean of the rows that went into each of the
+    ``m`` outputs (``source`` (n,): output row of each input, -1 if dropped). A selection is then a gather, a merge
+    averages by the same groups, and no reduction is an exact copy."""
+    ok = source >= 0  # (n,)
+    idx = source[ok]
+    total = x.new_zeros(m, x.shape[1]).index_add_(0, idx, x[ok])  # (m, C)
+    count = x.new_zeros(m).index_add_(0, idx, torch.ones_like(idx, dtype=x.dtype))  # (m,)
+    return total / count.clamp_min(1)[:, None]
+
+
 def _image_slots(placeholders: torch.Tensor, counts: list[int]) -> list[tuple[int, int, int]]:
     """(sample, first position, original count) of every image, from the placeholder mask (B, N) in order."""
     b_idx, pos = placeholders.nonzero(as_tuple=True)
@@ -221,12 +232,34 @@ class PreLLMStage:
         ]
         new = hf.CallArgs((), self._shorten(kwargs, enc, src, valid, plans))
         hf.set_pooled(out, pack([p.features for p in plans]))
+        self._reduce_injected(out, plans)
         new.set_image_outputs(out)
         other = self.adapter.visual_mask(new.input_ids) & ~self.adapter.placeholder_mask(new.input_ids)
         self.state.pending_visual = visual | other
         self.state.pending_pad = new.attention_mask.bool()
         self.state.pending_visual_in = int(self.adapter.visual_mask(ids).sum())
         return new.kwargs
+
+    def _reduce_injected(self, out: Any, plans: list[ImagePlan]) -> None:
+        """Reduce DeepStack features (added inside the LLM at the visual positions) with each image's provenance."""
+        injected = hf.injected_features(out)
+        if injected is None:
+            return
+        if any(p.source is None for p in plans):
+            raise UnsupportedModeError(
+                "this model adds visual features inside the LLM (DeepStack), which tokred reduces by each image's "
+                "provenance; merging in the vision tower loses it. Use a pre-LLM merger (aim-merge, pooling, random)"
+            )
+        reduced = []
+        for level in injected:  # one entry per injection layer: a tuple of per-image (n_i, C) tensors
+            if len(level) != len(plans):
+                raise UnsupportedModeError(
+                    f"DeepStack features cover {len(level)} images but the prompt has {len(plans)}; tokred cannot "
+                    "align them"
+                )
+            sources = [p.source for p in plans if p.source is not None]
+            reduced.append(tuple(reduce_like(f, src, p.features.shape[0]) for f, src, p in zip(level, sources, plans)))
+        hf.set_injected_features(out, reduced)
 
     def _layout(
         self, ids: torch.Tensor, slots: list[tuple[int, int, int]], plans: list[ImagePlan]

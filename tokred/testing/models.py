@@ -436,7 +436,7 @@ _SPECS: dict[str, TinyModelSpec] = {
         "qwen2_5_vl", lambda **o: _build_qwen("qwen2_5_vl", **o), _qwen_inputs, "Qwen2.5-VL (M-RoPE, window attn)"
     ),
     "qwen3_vl": TinyModelSpec(
-        "qwen3_vl", lambda **o: _build_qwen("qwen3_vl", **o), _qwen_inputs, "Qwen3-VL (DeepStack), refused by tokred"
+        "qwen3_vl", lambda **o: _build_qwen("qwen3_vl", **o), _qwen_inputs, "Qwen3-VL (DeepStack, M-RoPE)"
     ),
     "idefics3": TinyModelSpec(
         "idefics3", lambda **o: _build_idefics("idefics3", **o), _idefics_inputs, "Idefics3 (pixel shuffle + Llama)"
