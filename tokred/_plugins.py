@@ -35,6 +35,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "tokred.strategies.tome",
     "tokred.strategies.random",
     "tokred.strategies.pooling",
+    "tokred.strategies.divprune",
     "tokred.adapters",
 )
 

@@ -24,11 +24,21 @@ Modules:
     matching: ToMe bipartite soft matching as a `MergePlan`; AIM per-frame merging; proportional attention.
     selection: top-k and seeded random selection with protected tokens; gathering.
     pooling: 2-D average pooling of a token grid.
+    diversity: max-min diversity (DivPrune) and greedy DPP MAP selection (CDPruner), cosine kernels, relevance.
 """
 
 from __future__ import annotations
 
 from tokred.ops.counts import Rounding, exact_ratio, keep_count
+from tokred.ops.diversity import (
+    cdpruner_kernel,
+    cosine_similarity_matrix,
+    dpp_greedy_keep,
+    dpp_greedy_order,
+    max_min_diversity_keep,
+    max_min_diversity_order,
+    relevance_scores,
+)
 from tokred.ops.matching import (
     MergeOrder,
     MergePlan,
@@ -57,7 +67,11 @@ __all__ = [
     "aim_round_sizes",
     "avg_pool_grid",
     "bipartite_soft_matching",
+    "cdpruner_kernel",
     "compose_sources",
+    "cosine_similarity_matrix",
+    "dpp_greedy_keep",
+    "dpp_greedy_order",
     "exact_ratio",
     "gather_tokens",
     "group_sizes",
@@ -65,12 +79,15 @@ __all__ = [
     "identity_source",
     "keep_count",
     "max_merge_r",
+    "max_min_diversity_keep",
+    "max_min_diversity_order",
     "pooled_grid_shape",
     "proportional_attention_bias",
     "protected_count",
     "provenance_matrix",
     "random_keep",
     "random_scores",
+    "relevance_scores",
     "source_from_keep",
     "topk_keep",
 ]

@@ -1,0 +1,243 @@
+"""Diversity-based selection: max-min diversity (DivPrune) and greedy DPP MAP inference (CDPruner).
+
+Both select a subset of tokens that covers the feature space instead of ranking tokens one by one. The selections
+return kept indices in ascending order (the kept tokens keep their relative order), with every protected token kept
+and never a candidate; turn them into provenance with `tokred.ops.source_from_keep`.
+
+Example:
+    >>> import torch
+    >>> from tokred.ops import cosine_similarity_matrix, dpp_greedy_keep, max_min_diversity_keep
+    >>> x = torch.tensor([[[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [-1.0, 0.0]]])  # (B, N, C)
+    >>> max_min_diversity_keep(x, 2)  # the two most distant directions
+    tensor([[0, 3]])
+    >>> dpp_greedy_keep(cosine_similarity_matrix(x), 2)
+    tensor([[0, 2]])
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from tokred.ops.selection import protected_count
+
+__all__ = [
+    "cdpruner_kernel",
+    "cosine_similarity_matrix",
+    "dpp_greedy_keep",
+    "dpp_greedy_order",
+    "max_min_diversity_keep",
+    "max_min_diversity_order",
+    "relevance_scores",
+]
+
+
+def _work_dtype(x: Tensor) -> Tensor:
+    """``x`` in at least float32 (half-precision Gram matrices lose the small differences these methods rank)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) or not x.is_floating_point() else x
+
+
+def cosine_similarity_matrix(x: Tensor) -> Tensor:
+    """Pairwise cosine similarity of the tokens of every row.
+
+    The diagonal is exactly 1 (0 for a zero vector), so equal self-similarities never differ by rounding.
+
+    Args:
+        x: Tokens, shape (B, N, C). Zero vectors have similarity 0 to everything (themselves included).
+
+    Returns:
+        Similarities, shape (B, N, N), in at least float32.
+    """
+    if x.dim() != 3:
+        raise ValueError(f"x must have shape (B, N, C), got {tuple(x.shape)}")
+    xn = F.normalize(_work_dtype(x), dim=-1)  # (B, N, C)
+    sim = xn @ xn.transpose(1, 2)  # (B, N, N)
+    sim.diagonal(dim1=1, dim2=2).copy_((xn != 0).any(dim=-1).to(sim.dtype))  # (B, N) exact self-similarity
+    return sim
+
+
+def _candidates(protected: Tensor | None, batch: int, n: int, k: int, device: torch.device) -> tuple[Tensor, int, int]:
+    """Candidate mask (B, N), protected count P and the clipped number of picks."""
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    p = protected_count(protected, batch, n)
+    cand = torch.ones(batch, n, dtype=torch.bool, device=device) if protected is None else ~protected  # (B, N)
+    return cand, p, min(k, n - p)
+
+
+def _keep_from_order(order: Tensor, protected: Tensor | None, n: int) -> Tensor:
+    """Protected tokens plus the picked ones, ascending, shape (B, P + k)."""
+    batch, k = order.shape
+    count = k + protected_count(protected, batch, n)
+    keep = torch.zeros(batch, n, dtype=torch.bool, device=order.device) if protected is None else protected.clone()
+    keep.scatter_(1, order, True)  # (B, N)
+    return keep.to(torch.uint8).argsort(dim=1, descending=True, stable=True)[:, :count]  # (B, P + k)
+
+
+@torch.no_grad()
+def max_min_diversity_order(x: Tensor, k: int, *, protected: Tensor | None = None) -> Tensor:
+    """Greedy max-min diversity on cosine distance (DivPrune, arXiv:2503.02175), in pick order.
+
+    With distance ``d(i, j) = 1 - cos(x_i, x_j)``, the first pick is the candidate whose nearest other candidate is
+    farthest away; every further pick is the candidate whose minimum distance to the picked set is largest. Picked
+    tokens are never picked again (indices are unique even when tokens repeat); ties go to the lower index.
+
+    Args:
+        x: Tokens, shape (B, N, C).
+        k: Tokens to pick; clipped to the N - P candidates.
+        protected: Tokens that are never candidates (and are not picked), shape (B, N) bool, same count per row.
+
+    Returns:
+        Picked indices in pick order, shape (B, min(k, N - P)).
+    """
+    batch, n, _ = x.shape
+    cand, _, k = _candidates(protected, batch, n, k, x.device)
+    dist = 1.0 - cosine_similarity_matrix(x)  # (B, N, N)
+    order = torch.zeros(batch, k, dtype=torch.long, device=x.device)
+    if k == 0:
+        return order
+    inf = torch.tensor(float("inf"), dtype=dist.dtype, device=x.device)
+    others = cand[:, None, :] & ~torch.eye(n, dtype=torch.bool, device=x.device)[None]  # (B, N, N)
+    nearest = torch.where(others, dist, inf).amin(dim=-1)  # (B, N); a lone candidate has +inf
+    open_ = cand.clone()  # (B, N): candidates not picked yet
+    score = nearest
+    rows = torch.arange(batch, device=x.device)
+    min_dist = torch.full((batch, n), float("inf"), dtype=dist.dtype, device=x.device)  # (B, N)
+    for t in range(k):
+        j = torch.where(open_, score, -inf).argmax(dim=-1)  # (B,) first maximum: the lower index on ties
+        order[:, t] = j
+        open_[rows, j] = False
+        min_dist = torch.minimum(min_dist, dist[rows, j])  # (B, N) distance to the picked set
+        score = min_dist
+    return order
+
+
+def max_min_diversity_keep(x: Tensor, k: int, *, protected: Tensor | None = None) -> Tensor:
+    """DivPrune's selection: protected tokens plus ``k`` max-min-diverse tokens (`max_min_diversity_order`).
+
+    Args:
+        x: Tokens, shape (B, N, C).
+        k: Unprotected tokens to keep; clipped to the N - P unprotected tokens.
+        protected: Always-kept tokens, shape (B, N) bool, with the same count P in every row.
+
+    Returns:
+        Kept indices, shape (B, P + min(k, N - P)), ascending in each row.
+    """
+    return _keep_from_order(max_min_diversity_order(x, k, protected=protected), protected, x.shape[1])
+
+
+@torch.no_grad()
+def dpp_greedy_order(kernel: Tensor, k: int, *, protected: Tensor | None = None) -> Tensor:
+    """Greedy MAP inference of a determinantal point process, in pick order.
+
+    Each step picks the candidate that most increases ``log det`` of the kernel restricted to the picked set, with the
+    incremental Cholesky update of Chen et al. (NeurIPS 2018, "Fast Greedy MAP Inference for Determinantal Point
+    Process"): the residual ``d_i^2`` of every candidate starts at ``L_ii`` and drops by ``e_i^2`` after each pick
+    ``j``, where ``e_i = (L_ji - <c_j, c_i>) / d_j``. Ties go to the lower index. When no candidate adds volume any
+    more (the kernel's rank is exhausted: the best residual is below ``N * eps * max L_ii``), the remaining picks go to
+    the candidates with the largest ``L_ii``, lower index first, so exactly ``k`` tokens are always returned.
+
+    Args:
+        kernel: Symmetric positive semi-definite kernels, shape (B, N, N).
+        k: Tokens to pick; clipped to the N - P candidates.
+        protected: Tokens that are never candidates, shape (B, N) bool, same count per row.
+
+    Returns:
+        Picked indices in pick order, shape (B, min(k, N - P)).
+    """
+    if kernel.dim() != 3 or kernel.shape[1] != kernel.shape[2]:
+        raise ValueError(f"kernel must have shape (B, N, N), got {tuple(kernel.shape)}")
+    batch, n, _ = kernel.shape
+    cand, _, k = _candidates(protected, batch, n, k, kernel.device)
+    lk = _work_dtype(kernel)
+    order = torch.zeros(batch, k, dtype=torch.long, device=kernel.device)
+    if k == 0:
+        return order
+    quality = lk.diagonal(dim1=1, dim2=2).clone()  # (B, N) L_ii
+    neg = torch.tensor(float("-inf"), dtype=lk.dtype, device=kernel.device)
+    tol = n * torch.finfo(lk.dtype).eps * torch.where(cand, quality, 0).amax(dim=-1).clamp_min(0)  # (B,)
+    resid = quality.clone()  # (B, N) d_i^2
+    chol = torch.zeros(batch, k, n, dtype=lk.dtype, device=kernel.device)  # (B, k, N) rows c_t
+    open_ = cand.clone()
+    exhausted = torch.zeros(batch, dtype=torch.bool, device=kernel.device)  # (B,)
+    rows = torch.arange(batch, device=kernel.device)
+    for t in range(k):
+        best = torch.where(open_, resid, neg)  # (B, N)
+        j_dpp = best.argmax(dim=-1)  # (B,)
+        exhausted |= best[rows, j_dpp] <= tol
+        j = torch.where(exhausted, torch.where(open_, quality, neg).argmax(dim=-1), j_dpp)  # (B,)
+        order[:, t] = j
+        open_[rows, j] = False
+        if t == k - 1:
+            break
+        d_j = resid[rows, j].clamp_min(torch.finfo(lk.dtype).tiny).sqrt()  # (B,)
+        c_j = chol[rows, :t, j]  # (B, t)
+        e = (lk[rows, j] - torch.einsum("bt,btn->bn", c_j, chol[:, :t])) / d_j[:, None]  # (B, N)
+        e = torch.where(exhausted[:, None], 0, e)  # rows past their rank stop updating
+        chol[:, t] = e
+        resid = resid - e * e
+    return order
+
+
+def dpp_greedy_keep(kernel: Tensor, k: int, *, protected: Tensor | None = None) -> Tensor:
+    """Protected tokens plus ``k`` tokens picked by greedy DPP MAP inference (`dpp_greedy_order`).
+
+    Args:
+        kernel: Symmetric positive semi-definite kernels, shape (B, N, N).
+        k: Unprotected tokens to keep; clipped to the N - P unprotected tokens.
+        protected: Always-kept tokens, shape (B, N) bool, with the same count P in every row.
+
+    Returns:
+        Kept indices, shape (B, P + min(k, N - P)), ascending in each row.
+    """
+    return _keep_from_order(dpp_greedy_order(kernel, k, protected=protected), protected, kernel.shape[1])
+
+
+def relevance_scores(x: Tensor, query: Tensor, *, protected: Tensor | None = None) -> Tensor:
+    """Min-max-normalised cosine similarity of every token to one query vector per row (CDPruner's relevance).
+
+    Args:
+        x: Tokens, shape (B, N, C).
+        query: One query vector per row (e.g. the mean text embedding), shape (B, C).
+        protected: Tokens left out of the minimum and maximum, shape (B, N) bool; their scores are still computed.
+
+    Returns:
+        Relevance in [0, 1] for the unprotected tokens, shape (B, N), in at least float32. A row whose similarities
+        are all equal (a zero query, a single token) gets relevance 1 everywhere.
+    """
+    if x.dim() != 3 or query.shape != (x.shape[0], x.shape[2]):
+        raise ValueError(f"expected x (B, N, C) and query (B, C), got {tuple(x.shape)} and {tuple(query.shape)}")
+    xn = F.normalize(_work_dtype(x), dim=-1)  # (B, N, C)
+    qn = F.normalize(_work_dtype(query).to(xn.dtype), dim=-1)  # (B, C)
+    cos = (xn @ qn[:, :, None])[..., 0]  # (B, N)
+    cand = torch.ones_like(cos, dtype=torch.bool) if protected is None else ~protected
+    inf = torch.tensor(float("inf"), dtype=cos.dtype, device=cos.device)
+    lo = torch.where(cand, cos, inf).amin(dim=-1, keepdim=True)  # (B, 1)
+    hi = torch.where(cand, cos, -inf).amax(dim=-1, keepdim=True)  # (B, 1)
+    span = hi - lo
+    flat = ~(span > 0)  # (B, 1); also rows without candidates (inf - inf)
+    return torch.where(flat, torch.ones_like(cos), (cos - lo) / torch.where(flat, 1, span))  # (B, N)
+
+
+def cdpruner_kernel(x: Tensor, relevance: Tensor | None, relevance_weight: float) -> Tensor:
+    """CDPruner's conditional DPP kernel ``(1 - w) * S + w * (r_i * S_ij * r_j)``.
+
+    ``S`` is the cosine similarity of the tokens and ``r`` their relevance; ``w = 1`` is the paper's kernel
+    ``diag(r) S diag(r)``, ``w = 0`` pure diversity.
+
+    Args:
+        x: Tokens, shape (B, N, C).
+        relevance: Relevance of every token, shape (B, N), or ``None`` for uniform relevance (the kernel is ``S``).
+        relevance_weight: ``w`` in [0, 1].
+
+    Returns:
+        The kernel, shape (B, N, N), in at least float32.
+    """
+    if not 0.0 <= relevance_weight <= 1.0:
+        raise ValueError(f"relevance_weight must be in [0, 1], got {relevance_weight}")
+    sim = cosine_similarity_matrix(x)  # (B, N, N)
+    if relevance is None:
+        return sim
+    r = relevance.to(sim.dtype)  # (B, N)
+    return (1.0 - relevance_weight) * sim + relevance_weight * (r[:, :, None] * sim * r[:, None, :])  # (B, N, N)
