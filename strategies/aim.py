@@ -14,17 +14,20 @@ Where tokred differs from the reference code:
 * for images the merge metric is the projected features by default; ``metric="keys"`` uses the vision tower's
   last-layer keys, as the LLaVA-1.5 variant does, but merges the *projected* features (after the projector, where
   tokred's pre-LLM stage acts) rather than CLIP features before the projector;
-* the merge target is a keep ratio; rounds halve the tokens until one last partial round reaches the target
-  (0.25 reproduces the default 196 -> 98 -> 49 per frame, 0.4375 the LLaVA-1.5 576 -> 288 -> 252).
+* the merge target is a keep ratio; a ratio that is one of AIM's round schedules (0.25: 196 -> 98 -> 49 per frame,
+  0.4375: 576 -> 288 -> 252) runs the reference's rounds, any other ratio halves until a last partial round.
+
+The paper has two variants, chosen with ``variant``: ``"image"`` (LLaVA-1.5 / Vicuna-7B: keep 0.4375, (l1, l2) =
+(13, 21) of 32 layers) and ``"video"`` (LLaVA-OneVision / Qwen2-7B, per frame: keep 0.25, (14, 22) of 28 layers).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from tokred.schedules.linear import LinearScheduler, default_l1_l2
 
 from tokred._components import (
@@ -41,6 +44,29 @@ from tokred.errors import ConfigError
 from tokred.hookspecs import hookimpl
 from tokred.ops.attention import pagerank_importance
 from tokred.ops.counts import exact_ratio, keep_count
+
+Variant = Literal["auto", "image", "video"]
+
+#: The paper's settings per input variant: merge keep ratio, (l1, l2) and the depth they were set for.
+VARIANT_DEFAULTS: dict[str, tuple[float, tuple[int, int], int]] = {
+    "image": (0.4375, (13, 21), 32),  # LLaVA-1.5-7B: 576 -> 288 -> 252, Vicuna-7B
+    "video": (0.25, (14, 22), 28),  # LLaVA-OneVision-7B: 196 -> 98 -> 49 per frame, Qwen2-7B
+}
+
+
+def resolve_variant(variant: Variant) -> str:
+    """The variant whose defaults apply: ``"auto"`` is ``"image"``, because tokred's pre-LLM stage receives image
+    features (it has no video-frame path); choose ``"video"`` for frames (e.g. to reproduce AIM's video FLOPs)."""
+    return "image" if variant == "auto" else variant
+
+
+def variant_l1_l2(variant: str, num_layers: int) -> tuple[int, int]:
+    """A variant's (l1, l2) for a depth: the paper's at the variant's own depth, else scaled proportionally."""
+    _, (l1, l2), depth = VARIANT_DEFAULTS[variant]
+    if num_layers == depth:
+        return l1, l2
+    s1, s2 = max(1, round(l1 * exact_ratio(num_layers) / depth)), round(l2 * exact_ratio(num_layers) / depth)
+    return s1, max(s1 + 1, s2)
 
 
 def reference_rounds(keep_ratio: float) -> list[int] | None:
@@ -148,8 +174,15 @@ class PageRankScorer(BaseScorer):
 
 
 class _PruneOptions(ComponentConfig):
-    l1: int | None = Field(None, ge=1, description="Last 1-indexed layer keeping all visual tokens; None = default.")
-    l2: int | None = Field(None, ge=2, description="First 1-indexed layer keeping none; None = default.")
+    variant: Variant = Field(
+        "auto",
+        description="Paper defaults to use: image (keep 0.4375, (13, 21) of 32 layers), video (keep 0.25 per frame, "
+        "(14, 22) of 28 layers), auto = image (tokred's pipeline feeds image features).",
+    )
+    l1: int | None = Field(
+        None, ge=1, description="Last 1-indexed layer keeping all visual tokens; None = the variant's, depth-scaled."
+    )
+    l2: int | None = Field(None, ge=2, description="First 1-indexed layer keeping none; None = the variant's.")
     depth_scale: float = Field(
         1.0, gt=0.0, le=4.0, description="Scales the default (l1, l2): larger prunes later (budget knob)."
     )
@@ -166,11 +199,17 @@ class ScaledLinearScheduler(LinearScheduler):
 
     class Config(LinearScheduler.Config):
         depth_scale: float = Field(1.0, gt=0.0, le=4.0, description="Factor on the default (l1, l2).")
+        variant: Literal["image", "video"] | None = Field(
+            None,
+            description="Default (l1, l2) from a paper variant, scaled to the depth: image (13, 21) of 32 layers, "
+            "video (14, 22) of 28; None = (14, 22) at 28 layers, (13, 21) at 32, else the 28-layer one scaled.",
+        )
 
     config: ScaledLinearScheduler.Config
 
     def resolved(self, num_layers: int) -> tuple[int, int]:
-        d1, d2 = default_l1_l2(num_layers)
+        v = self.config.variant
+        d1, d2 = default_l1_l2(num_layers) if v is None else variant_l1_l2(v, num_layers)
         s = self.config.depth_scale
         l1 = self.config.l1 if self.config.l1 is not None else max(1, round(d1 * exact_ratio(s)))
         l2 = self.config.l2 if self.config.l2 is not None else max(l1 + 1, round(d2 * exact_ratio(s)))
@@ -182,25 +221,68 @@ class ScaledLinearScheduler(LinearScheduler):
 def _prune_parts(cfg: _PruneOptions) -> tuple[BaseScorer, BaseScheduler]:
     scorer = PageRankScorer(temperature=cfg.temperature, iterations=cfg.iterations)
     schedule = ScaledLinearScheduler(
-        l1=cfg.l1, l2=cfg.l2, depth_scale=cfg.depth_scale, reference_code_offset=cfg.reference_code_offset
+        l1=cfg.l1,
+        l2=cfg.l2,
+        depth_scale=cfg.depth_scale,
+        reference_code_offset=cfg.reference_code_offset,
+        variant=resolve_variant(cfg.variant),
     )
     return scorer, schedule
 
 
+class _MergeOptions(ComponentConfig):
+    variant: Variant = Field(
+        "auto",
+        description="Paper defaults to use: image (keep 0.4375: 576 -> 288 -> 252), video (keep 0.25 per frame: "
+        "196 -> 98 -> 49), auto = image (tokred's pipeline feeds image features).",
+    )
+    keep_ratio: float = Field(
+        0.4375,
+        gt=0.0,
+        le=1.0,
+        description="Fraction of tokens per image/frame kept by merging; when not given, the variant's (image 0.4375, "
+        "video 0.25).",
+    )
+    order: Literal["score", "original"] = Field("score", description="Order of unmerged tokens after merging.")
+    metric: Literal["features", "keys"] = Field(
+        "features", description="Match on the projected features, or the vision tower's last-layer keys."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _variant_keep_ratio(cls, data: Any) -> Any:
+        """Fill ``keep_ratio`` from the variant when it is not given."""
+        if isinstance(data, dict) and "keep_ratio" not in data:
+            data = {**data, "keep_ratio": VARIANT_DEFAULTS[resolve_variant(data.get("variant", "auto"))][0]}
+        return data
+
+
+def _merger(cfg: _MergeOptions) -> AimMerger:
+    return AimMerger(keep_ratio=cfg.keep_ratio, order=cfg.order, metric=cfg.metric)
+
+
 class AimMergeStrategy(Strategy):
-    """AIM's merging alone: similarity-based bipartite merging of each image's tokens before the LLM."""
+    """AIM's merging alone: similarity-based bipartite merging of each image's tokens before the LLM.
+
+    ``variant`` picks the paper's keep ratio: ``image`` 0.4375 (576 -> 288 -> 252, LLaVA-1.5), ``video`` 0.25 per
+    frame (196 -> 98 -> 49, LLaVA-OneVision); ``auto`` is ``image``.
+    """
 
     name = "aim-merge"
     paper = "AIM, arXiv:2412.03248"
     budget_knob = "keep_ratio"
-    Config = AimMerger.Config
+    Config = _MergeOptions
 
     def build(self) -> tuple[BaseMerger | None, BaseScorer | None, BaseScheduler | None]:
-        return AimMerger(self.config), None, None
+        return _merger(self.config), None, None  # type: ignore[arg-type]
 
 
 class AimPruneStrategy(Strategy):
-    """AIM's pruning alone: PageRank importance per layer, visual tokens kept on the linear l1 -> l2 schedule."""
+    """AIM's pruning alone: PageRank importance per layer, visual tokens kept on the linear l1 -> l2 schedule.
+
+    ``variant`` picks the paper's default (l1, l2): ``image`` (13, 21) of 32 layers, ``video`` (14, 22) of 28, each
+    scaled proportionally to other depths; ``auto`` is ``image``.
+    """
 
     name = "aim-prune"
     paper = "AIM, arXiv:2412.03248"
@@ -213,24 +295,31 @@ class AimPruneStrategy(Strategy):
 
 
 class AimStrategy(Strategy):
-    """AIM: merge each image to ``keep_ratio`` before the LLM, then prune by PageRank on the l1 -> l2 schedule."""
+    """AIM: merge each image to ``keep_ratio`` before the LLM, then prune by PageRank on the l1 -> l2 schedule.
+
+    The defaults follow the input variant of the paper (``variant``): ``image`` (LLaVA-1.5-7B) merges 576 -> 288 ->
+    252 (keep 0.4375) and prunes on (13, 21) of 32 layers; ``video`` (LLaVA-OneVision-7B) merges each frame to 25 %
+    (196 -> 98 -> 49) and prunes on (14, 22) of 28 layers. Other depths scale the variant's (l1, l2). ``auto`` is
+    ``image``: tokred's pre-LLM stage receives image features (there is no video-frame path yet); pass
+    ``variant="video"`` for frames, as the FLOPs reproduction does.
+    """
 
     name = "aim"
     paper = "AIM, arXiv:2412.03248"
     budget_knob = "keep_ratio"
 
-    class Config(_PruneOptions):
-        keep_ratio: float = Field(
-            0.25, gt=0.0, le=1.0, description="Fraction of tokens per image/frame kept by merging."
+    class Config(_PruneOptions, _MergeOptions):
+        variant: Variant = Field(
+            "auto",
+            description="Paper defaults to use: image (keep 0.4375, (13, 21) of 32 layers), video (keep 0.25 per "
+            "frame, (14, 22) of 28 layers), auto = image (tokred's pipeline feeds image features).",
         )
-        order: Literal["score", "original"] = Field("score", description="Order of unmerged tokens after merging.")
 
     config: AimStrategy.Config
 
     def build(self) -> tuple[BaseMerger | None, BaseScorer | None, BaseScheduler | None]:
-        merger = AimMerger(keep_ratio=self.config.keep_ratio, order=self.config.order)
         scorer, schedule = _prune_parts(self.config)
-        return merger, scorer, schedule
+        return _merger(self.config), scorer, schedule
 
 
 @hookimpl

@@ -37,10 +37,10 @@ for label, visual, schedule, published in rows:
     print(f"{label:40} {visual:>7} {computed:>10.2f} {published:>13.2f}")
     assert round(computed, 2) == published, (label, computed, published)
 
-# 2. From the strategy itself: tokred's `aim` with its defaults (merge each frame to
-#    25 %, prune on the (14, 22) schedule of a 28-layer decoder) predicts the same
-#    tokens per layer, hence the same FLOPs.
-aim = tokred.create_strategy("aim")
+# 2. From the strategy itself: tokred's `aim` with the paper's video defaults (merge
+#    each frame to 25 %, prune on the (14, 22) schedule of a 28-layer decoder) predicts
+#    the same tokens per layer, hence the same FLOPs.
+aim = tokred.create_strategy("aim", variant="video")
 tokens = predict_tokens_per_layer(
     aim, num_layers=LAYERS, text_tokens=TEXT, visual_tokens=PER_FRAME, images=FRAMES
 )

@@ -16,7 +16,8 @@ runner = CliRunner()
 
 
 def test_flops_cli_reproduces_aim_llava_onevision():
-    args = ["flops", "llava-onevision-7b", "-s", "aim", "--visual", "196", "--images", "32", "--text", "100"]
+    args = ["flops", "llava-onevision-7b", "-s", "aim", "-o", "variant=video", "--visual", "196", "--images", "32"]
+    args += ["--text", "100"]
     result = runner.invoke(app, [*args, "--format", "json"])
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)["rows"]
@@ -49,7 +50,7 @@ def test_flops_cli_reads_a_local_config(tmp_path):
 
 
 def test_predicted_tokens_follow_merger_and_schedule():
-    aim = tokred.create_strategy("aim", l1=2, l2=4)
+    aim = tokred.create_strategy("aim", variant="video", l1=2, l2=4)
     tokens = predict_tokens_per_layer(aim, num_layers=5, text_tokens=10, visual_tokens=196)
     assert tokens == [59, 59, 34, 10, 10]  # 196 -> 49 by merging, then (4 - l)/2 of 49 at 1-indexed layer 3
     pooled = predict_tokens_per_layer(tokred.create_strategy("pooling"), num_layers=2, text_tokens=0, visual_tokens=576)

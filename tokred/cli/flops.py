@@ -109,7 +109,7 @@ def flops_command(
 
     \b
     tokred flops llava-1.5-7b --strategy fastv
-    tokred flops llava-onevision-7b --strategy aim --visual 196 --images 32 --text 100
+    tokred flops llava-onevision-7b --strategy aim -o variant=video --visual 196 --images 32 --text 100
     tokred flops ./my-model/config.json --strategy pooling -o kernel=3 --format json
     """
     config = load_config(model)
