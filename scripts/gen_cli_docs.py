@@ -37,6 +37,21 @@ errors go to **stderr**. A known error (an unknown name, a bad option) prints on
 exits with status 1; set `TOKRED_DEBUG=1` for the full traceback. Plugins loaded from entry points add their
 strategies and components to every command (see [Plugins](../plugins/index.md) for the environment switches).
 
+Exit status, in every command:
+
+- `0`: success;
+- `1`: an error, as one line on stderr starting with `Error:` that says what is wrong and what would work (a bad
+  value, a missing file, an unusable model or output folder, a plugin returning something unusable); checked
+  before any model is loaded wherever the check does not need the model;
+- `2`: a usage error reported by click (an unknown option, a missing argument, a value of the wrong type such as
+  `--limit abc`), after the command's usage line;
+- `130`: interrupted (Ctrl-C), with one line such as `interrupted; 48 records kept in runs/x/samples.jsonl,
+  rerun the same command to resume`.
+
+Environment switches (`TOKRED_DEBUG`, `TOKRED_DISABLE_PLUGIN_AUTOLOAD`, `TOKRED_TRACE_PLUGINS`,
+`TOKRED_DISABLE_PROGRESS_BARS`) accept `1`/`true`/`yes` and `0`/`false`/`no` (any case); any other value is refused
+with the switch's name (exit 1).
+
 Commands: {commands}.
 """
 

@@ -35,7 +35,24 @@ def get_strategy_class(name: str) -> type[Strategy]:
     Raises:
         UnknownNameError: With close matches ("did you mean") and the available names.
     """
-    return get_registries().strategies.get(name)
+    from tokred.errors import UnknownNameError
+
+    if not isinstance(name, str):
+        raise UnknownNameError(
+            f"a strategy name must be a string, got {name!r}; see tokred.list_strategies() for the names"
+        )
+    try:
+        return get_registries().strategies.get(name)
+    except UnknownNameError as err:
+        from tokred._plugins import disabled_by_switch
+
+        plugin = disabled_by_switch("strategies", name)
+        if plugin is not None:
+            raise UnknownNameError(
+                f"strategy '{name}' comes from plugin '{plugin}', which TOKRED_DISABLED_PLUGINS disables; remove it "
+                "from that switch to use it"
+            ) from None
+        raise err from None
 
 
 def create_strategy(name: str | Strategy, **options: Any) -> Strategy:
@@ -60,6 +77,12 @@ def create_strategy(name: str | Strategy, **options: Any) -> Strategy:
         ...
         tokred.errors.UnknownNameError: Unknown strategy 'fastV'. Did you mean: fastv? Available: ...
     """
+    if name is None or not isinstance(name, (str, Strategy)):
+        from tokred.errors import ConfigError
+
+        raise ConfigError(
+            f"create_strategy() needs a strategy name or a Strategy, got {name!r}; see tokred.list_strategies()"
+        )
     if isinstance(name, Strategy):
         if options:
             from tokred.errors import ConfigError

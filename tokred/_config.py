@@ -14,15 +14,40 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 
 class ComponentConfig(BaseModel):
-    """Base of every component's nested ``Config``: unknown options are errors and instances are frozen."""
+    """Base of every component's nested ``Config``: unknown options are errors, instances are frozen, and a bool is
+    never taken for a number (``keep_ratio=True`` is refused rather than read as 1.0)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and info.field_name is not None:
+            annotation = cls.model_fields[info.field_name].annotation
+            if _admits_number(annotation) and not _admits_bool(annotation):
+                raise ValueError(f"expected a number, got the bool {value}")
+        return value
+
+
+def _flatten(annotation: Any) -> list[Any]:
+    args = get_args(annotation)
+    if not args:
+        return [annotation]
+    return [annotation, *(a for arg in args for a in _flatten(arg))]
+
+
+def _admits_number(annotation: Any) -> bool:
+    return any(a in (int, float) for a in _flatten(annotation))
+
+
+def _admits_bool(annotation: Any) -> bool:
+    return any(a is bool or a is Any or a is True or a is False for a in _flatten(annotation))
 
 
 def describe_options(config_cls: type[BaseModel]) -> list[dict[str, Any]]:

@@ -28,9 +28,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tokred._components import Strategy
 from tokred.adapters import hf
-from tokred.errors import ConfigError
+from tokred.errors import ConfigError, InterruptedRun
 from tokred.eval.datasets import Sample, exact_match, normalize_answer
 from tokred.eval.runner import Runner
+from tokred.eval.samplelog import SampleLog
+
+__all__ = ["CompareResult", "CompareSettings", "SampleLog", "Variant", "check_model", "run_compare"]
 
 BASELINE = "none"
 Progress = Callable[[str, int, int], None]
@@ -83,21 +86,128 @@ class CompareResult:
 # ----------------------------------------------------------------------------------------------------- setup
 
 
+BUILTIN_MODELS = {"reference": "reference (DINOv2-S + SmolLM2-135M)", "tiny": "tiny-llava"}
+
+
+def model_label(model: str | None) -> str:
+    """The name a run's model goes by in the sample log and the table, known without loading it."""
+    return BUILTIN_MODELS.get(model or "reference", model or "reference")
+
+
+def check_model(model: str | None) -> None:
+    """Refuse a ``--model`` that cannot load, before anything heavy happens.
+
+    Accepted: ``None``/``"reference"``, ``"tiny"``, a local folder with an image-text-to-text ``config.json``, or a
+    hub id (``org/name``) already in the local Hugging Face cache (or any hub id when the hub is reachable).
+
+    Raises:
+        ConfigError: For a missing path, an empty folder, a text-only model, a hub id that is not cached while
+            offline, or a near-miss of a built-in name (``Tiny``).
+    """
+    if model is None or model in BUILTIN_MODELS:
+        return
+    if not model.strip():
+        raise ConfigError("--model is empty: use 'reference' (built-in), 'tiny' (tests), a local folder or org/name")
+    path = Path(model).expanduser()
+    if path.exists():
+        _check_model_folder(path)
+        return
+    if model.lower() in BUILTIN_MODELS:
+        raise ConfigError(f"unknown model {model!r}; did you mean {model.lower()!r}? (names are case-sensitive)")
+    looks_like_hub_id = model.count("/") == 1 and not model.startswith((".", "/", "~")) and " " not in model
+    if not looks_like_hub_id:
+        raise ConfigError(
+            f"--model {model!r}: no such folder, and not a hub id (org/name) nor a built-in name "
+            f"({', '.join(BUILTIN_MODELS)})"
+        )
+    _check_hub_id(model)
+
+
+def _check_model_folder(path: Path) -> None:
+    if not path.is_dir():
+        raise ConfigError(f"--model {path} is a file; give the model's folder (with config.json and the weights)")
+    config = path / "config.json"
+    if not config.is_file():
+        raise ConfigError(f"--model {path} has no config.json; give a transformers model folder (save_pretrained)")
+    try:
+        raw = json.loads(config.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ConfigError(f"--model {path}: config.json is not valid JSON ({err})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"--model {path}: config.json does not hold a JSON object")
+    if not _is_image_text_to_text(str(raw.get("model_type", ""))) and "vision_config" not in raw:
+        arch = ", ".join(raw.get("architectures") or []) or raw.get("model_type") or "unknown"
+        raise ConfigError(
+            f"--model {path} is not an image-text-to-text model ({arch}); tokred reduces visual tokens, so it needs "
+            "a multimodal model such as LLaVA, Qwen2-VL or SmolVLM"
+        )
+
+
+def _is_image_text_to_text(model_type: str) -> bool:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    return model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+
+def _check_hub_id(model: str) -> None:
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(model, "config.json")
+    if isinstance(cached, str):
+        return
+    if _env_offline():
+        raise ConfigError(
+            f"--model {model!r} is not in the local Hugging Face cache and the hub is offline (HF_HUB_OFFLINE); "
+            "download it first or pass a local folder"
+        )
+    from huggingface_hub import model_info
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        model_info(model, timeout=5)
+    except RepositoryNotFoundError:
+        raise ConfigError(f"--model {model!r}: no such model on the Hugging Face hub (or it is private)") from None
+    except Exception as err:  # noqa: BLE001 - any network failure means the same to the user
+        raise ConfigError(
+            f"--model {model!r} is not in the local Hugging Face cache and the hub cannot be reached "
+            f"({type(err).__name__}); download it first or pass a local folder"
+        ) from None
+
+
+def _env_offline() -> bool:
+    import os
+
+    return any(
+        os.environ.get(k, "").strip().lower() in ("1", "true", "yes")
+        for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
 def load_runner(model: str | None) -> Runner:
-    """The runner for ``--model``: the reference model (None), the tiny test model ('tiny'), or a local path/hub id."""
+    """The runner for ``--model``: the reference model (None), the tiny test model ('tiny'), or a local path/hub id.
+
+    Raises:
+        ConfigError: If the model cannot be loaded (see [`check_model`][tokred.compare.check_model]).
+    """
     from tokred.eval.runner import HFRunner, TinyRunner
 
+    check_model(model)
     if model == "tiny":
         return TinyRunner()
     if model is None or model == "reference":
         from tokred.eval.reference import load_reference_model
 
         ref_model, processor = load_reference_model()
-        return HFRunner(ref_model, processor, name="reference (DINOv2-S + SmolLM2-135M)")
+        return HFRunner(ref_model, processor, name=model_label(model))
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    hf_model = AutoModelForImageTextToText.from_pretrained(model, attn_implementation="sdpa").eval()
-    return HFRunner(hf_model, AutoProcessor.from_pretrained(model), name=model)
+    try:
+        hf_model = AutoModelForImageTextToText.from_pretrained(model, attn_implementation="sdpa").eval()
+        processor = AutoProcessor.from_pretrained(model)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"--model {model!r} cannot be loaded: {first}") from None
+    return HFRunner(hf_model, processor, name=model)
 
 
 def build_variants(settings: CompareSettings) -> list[Variant]:
@@ -212,10 +322,11 @@ def evaluate_variant(
     variant: Variant,
     samples: Sequence[Sample],
     settings: CompareSettings,
-    sink: Callable[[dict[str, Any]], None],
+    sink: Callable[[list[dict[str, Any]]], None],
     progress: Progress | None = None,
 ) -> None:
-    """Generate answers for ``samples`` under the variant's strategy, calling ``sink`` with one record per sample."""
+    """Generate answers for ``samples`` under the variant's strategy, calling ``sink`` with the records of each
+    batch (one per sample), so that a batch is written whole or not at all."""
     from tokred.flops import prefill_flops
 
     text_cfg = text_config_of(runner.model)
@@ -229,10 +340,12 @@ def evaluate_variant(
                 out = runner.model.generate(**inputs, max_new_tokens=settings.max_new_tokens, do_sample=False)
             answers = runner.decode(out[:, inputs["input_ids"].shape[1] :])
             per_sample = _tokens_per_sample(handle, text, visual, layers)
+            records = []
             for s, answer, t, v, tokens in zip(chunk, answers, text, visual, per_sample):
                 base = prefill_flops(text_cfg, [t + v] * layers, settings.convention)
                 flops = prefill_flops(text_cfg, tokens, settings.convention)
-                sink(_record(variant, s, answer, t, v, tokens, flops, base))
+                records.append(_record(variant, s, answer, t, v, tokens, flops, base))
+            sink(records)
             done += len(chunk)
             if progress is not None:
                 progress(variant.label, done, len(samples))
@@ -382,96 +495,114 @@ def _token_stats(recs: dict[str, dict[str, Any]], ids: list[str]) -> dict[str, f
 # ----------------------------------------------------------------------------------------------- persistence
 
 
-class SampleLog:
-    """Append-only JSONL of per-sample records; reading it back tells which (strategy, options, id) are done.
-
-    The first line is a header with the settings that decide every answer (model, dataset, generation length);
-    resuming with different settings is refused rather than mixing incompatible records. Strategies can be added or
-    re-configured between runs: each record carries its strategy's options, and only matching records are reused.
-    """
-
-    def __init__(self, folder: Path | None, fingerprint: dict[str, Any]) -> None:
-        self.path = folder / "samples.jsonl" if folder is not None else None
-        self.records: list[dict[str, Any]] = []
-        if self.path is None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists() and self.path.stat().st_size:
-            self._load(fingerprint)
-        else:
-            self.path.write_text(json.dumps({"header": fingerprint}) + "\n")
-
-    def _load(self, fingerprint: dict[str, Any]) -> None:
-        assert self.path is not None
-        lines = self.path.read_text().splitlines()
-        header = json.loads(lines[0]).get("header") if lines else None
-        if header != fingerprint:
-            raise ConfigError(
-                f"{self.path} was written with other settings ({header}); use another --output folder or delete it"
-            )
-        for line in lines[1:]:
-            try:
-                self.records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut off by an interruption: that sample is simply evaluated again
-
-    def done(self, variant: Variant) -> set[str]:
-        """Sample ids already evaluated for this variant (same label and the same options)."""
-        return {r["id"] for r in self.matching(variant)}
-
-    def matching(self, variant: Variant) -> list[dict[str, Any]]:
-        """Records of this variant: same label and options (records of other options are kept but not used)."""
-        options = variant.strategy.config.model_dump(mode="json")
-        return [r for r in self.records if r["strategy"] == variant.label and r.get("options") == options]
-
-    def append(self, record: dict[str, Any]) -> None:
-        """Keep ``record`` and write it to disk at once (flushed), so an interruption loses nothing."""
-        self.records.append(record)
-        if self.path is not None:
-            with self.path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-                f.flush()
-
-
-def fingerprint(settings: CompareSettings, model_name: str) -> dict[str, Any]:
+def fingerprint(settings: CompareSettings, model_name: str, dataset_sha256: str | None = None) -> dict[str, Any]:
     """The settings that decide every per-sample answer (a resumed run must match them)."""
     return {
         "model": model_name,
         "dataset": settings.dataset,
+        "dataset_sha256": dataset_sha256,
         "split": settings.split,
         "max_new_tokens": settings.max_new_tokens,
         "convention": settings.convention,
     }
 
 
-# ------------------------------------------------------------------------------------------------------- run
+def check_settings(settings: CompareSettings) -> None:
+    """Checks of the settings that need neither the model nor the dataset.
+
+    Raises:
+        ConfigError: For an option that sets the knob ``--match`` searches, or a non-finite ``--match`` target.
+    """
+    from tokred._api import get_strategy_class
+
+    if settings.match is None:
+        return
+    kind, target = settings.match
+    if not math.isfinite(target):
+        raise ConfigError(f"--match {kind}={target}: the target must be a finite number")
+    for name, opts in settings.options.items():
+        if name == BASELINE:
+            continue
+        knob = get_strategy_class(name).budget_knob
+        if knob is not None and knob in opts:
+            raise ConfigError(
+                f"-o {name}.{knob}={opts[knob]} conflicts with --match {kind}={target:g}: --match sets {knob} itself; "
+                "drop one of them"
+            )
+
+
+def _no_samples_message(settings: CompareSettings, dataset: Any) -> str:
+    errors = [str(e) for e in _errors(dataset)]
+    if not errors:
+        return f"dataset '{settings.dataset}' has no samples"
+    shown = "; ".join(errors[:5]) + (f" (and {len(errors) - 5} more)" if len(errors) > 5 else "")
+    return f"dataset '{settings.dataset}' has no usable samples: {shown}"
 
 
 def run_compare(settings: CompareSettings, progress: Progress | None = None) -> CompareResult:
-    """Run the whole comparison (see the module docstring)."""
-    from tokred.eval.datasets import load_dataset
+    """Run the whole comparison (see the module docstring).
 
-    runner = load_runner(settings.model)
-    dataset = load_dataset(settings.dataset, split=settings.split, limit=settings.limit)
-    samples = list(dataset)
-    if not samples:
-        raise ConfigError(f"dataset '{settings.dataset}' has no usable samples")
+    Everything that can be checked without the model is checked first (strategies and options, the dataset, the
+    output folder and its sample log), so that a typo never costs a model load.
+
+    Raises:
+        ConfigError: For bad settings, a sample log written with other settings or another dataset.
+        DatasetError: For a dataset that cannot be read or has no usable sample.
+        OutputError: For an unusable output folder, a full disk, or an output folder another run is writing.
+        InterruptedRun: On Ctrl-C (the message says how many records were kept).
+    """
+    from tokred.eval.datasets import dataset_hash, load_dataset
+
+    check_settings(settings)
     variants = build_variants(settings)
+    check_model(settings.model)
+    dataset = load_dataset(settings.dataset, split=settings.split, limit=settings.limit)
+    if len(dataset) == 0:
+        from tokred.eval.datasets import DatasetError
+
+        raise DatasetError(_no_samples_message(settings, dataset))
+    header = fingerprint(settings, model_label(settings.model), dataset_hash(dataset))
+    with SampleLog(settings.output, header) as log:
+        try:
+            return _run(settings, variants, dataset, log, progress)
+        except KeyboardInterrupt:
+            where = f"in {log.path}" if log.path is not None else "(no --output, so nothing is on disk)"
+            raise InterruptedRun(
+                f"interrupted; {len(log.records)} records kept {where}"
+                + (", rerun the same command to resume" if log.path is not None else "")
+            ) from None
+
+
+def _run(
+    settings: CompareSettings, variants: list[Variant], dataset: Any, log: SampleLog, progress: Progress | None
+) -> CompareResult:
+    runner = load_runner(settings.model)
+    samples = list(dataset)
     text, visual = prompt_counts(runner, runner.encode(samples[:1]))
     if settings.match is not None:
         match_budgets(variants, settings, (text[0], visual[0]), runner)
-    log = SampleLog(settings.output, fingerprint(settings, runner.name))
     wanted = {s.id for s in samples}
     for variant in variants:
-        done = log.done(variant)
+        options = variant.strategy.config.model_dump(mode="json")
+        done = log.done(variant.label, options)
         todo = [s for s in samples if s.id not in done]
-        evaluate_variant(runner, variant, todo, settings, log.append, progress)
-    records = [r for v in variants for r in log.matching(v) if r["id"] in wanted]
+        evaluate_variant(runner, variant, todo, settings, log.append_batch, progress)
+    records = [
+        r
+        for v in variants
+        for r in log.matching(v.label, v.strategy.config.model_dump(mode="json"))
+        if r["id"] in wanted
+    ]
     rows = summarise(variants, records, settings.seed)
     costs = measure_costs(runner, variants, samples[0], settings)
     for row in rows:
         row.update(costs[row["strategy"]])
-    info = {"model": runner.name, "samples": len(samples), "dataset_errors": [str(e) for e in _errors(dataset)]}
+    info = {
+        "model": runner.name,
+        "samples": len(samples),
+        "dataset_errors": [str(e) for e in _errors(dataset)],
+        "log_healed_bytes": log.healed,
+    }
     if settings.plot and settings.output is not None:
         picture = kept_patch_picture(
             runner, variants, samples[: settings.picture_samples], settings.output / "kept.png"

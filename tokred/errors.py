@@ -28,3 +28,15 @@ class UnsupportedModelError(TokredError, TypeError):
 
 class UnsupportedModeError(TokredError, RuntimeError):
     """A generation or attention mode the patched model cannot run correctly (static cache, FA2 on CPU, ...)."""
+
+
+class OutputError(TokredError, OSError):
+    """An output folder cannot be used: not a folder, not writable, full, or locked by another run."""
+
+
+class PluginOutputError(TokredError, RuntimeError):
+    """A plugin component returned something the pipeline cannot use (wrong shape, dtype, count or NaN values)."""
+
+
+class InterruptedRun(TokredError):
+    """The run was interrupted (Ctrl-C); the message says what was kept. The CLI exits with 130."""

@@ -33,7 +33,7 @@ def parse_options(items: list[str] | None, strategies: list[str] | None = None) 
         ``{strategy_name: {key: value}}``.
 
     Raises:
-        ConfigError: For a malformed item, or an unprefixed key with several strategies.
+        ConfigError: For a malformed item, an unprefixed key with several strategies, or the same option twice.
     """
     out: dict[str, dict[str, Any]] = {}
     for item in items or []:
@@ -48,5 +48,10 @@ def parse_options(items: list[str] | None, strategies: list[str] | None = None) 
             raise ConfigError(f"option '{item}': say which strategy it is for, e.g. -o fastv.{key}={value}")
         if strategies is not None and name not in strategies:
             raise ConfigError(f"option '{item}' is for '{name}', which is not among the strategies {strategies}")
-        out.setdefault(name, {})[key.strip()] = parse_value(value)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"option '{item}' has no key; use key=value or strategy.key=value")
+        if key in out.get(name, {}):
+            raise ConfigError(f"option {name}.{key} is given twice (-o {item}); give each option once")
+        out.setdefault(name, {})[key] = parse_value(value)
     return out

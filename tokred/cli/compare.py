@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
+import math
 import sys
 from enum import Enum
 from pathlib import Path
@@ -50,6 +50,8 @@ def parse_match(value: str | None) -> tuple[Literal["flops", "tokens"], float] |
         target = float(number)
     except ValueError:
         raise ConfigError(f"--match '{value}': '{number}' is not a number") from None
+    if not math.isfinite(target):
+        raise ConfigError(f"--match '{value}': the target must be a finite number")
     if kind == "flops" and not 0 < target <= 1:
         raise ConfigError(f"--match flops={number}: the relative FLOPs budget must be in (0, 1]")
     if kind == "tokens" and target <= 0:
@@ -58,7 +60,9 @@ def parse_match(value: str | None) -> tuple[Literal["flops", "tokens"], float] |
 
 
 def _progress_enabled(fmt: CompareFormat) -> bool:
-    disabled = os.environ.get("TOKRED_DISABLE_PROGRESS_BARS", "").lower() in ("1", "true", "yes")
+    from tokred._env import env_flag
+
+    disabled = env_flag("TOKRED_DISABLE_PROGRESS_BARS")
     return fmt is CompareFormat.table and sys.stderr.isatty() and not disabled
 
 
@@ -78,7 +82,10 @@ def compare_command(
     match: Annotated[
         str | None, typer.Option(help="Match budgets: flops=0.25 (relative prefill FLOPs) or tokens=64.")
     ] = None,
-    output: Annotated[Path | None, typer.Option(help="Folder for samples.jsonl (resumable), summaries, plots.")] = None,
+    output: Annotated[
+        str | None,
+        typer.Option(metavar="<path>", help="Folder for samples.jsonl (resumable), summaries, plots."),
+    ] = None,
     fmt: Annotated[CompareFormat, typer.Option("--format", help="table, json or csv on stdout.")] = (
         CompareFormat.table
     ),
@@ -103,12 +110,16 @@ def compare_command(
     tokred compare -s fastv -o fastv.keep_ratio=0.25 --limit 50 --format json
     tokred compare --model llava-hf/llava-1.5-7b-hf --dataset my.jsonl -s aim
     """
-    from tokred.compare import CompareSettings, run_compare
+    from tokred.compare import run_compare
 
     names = parse_strategies(strategies)
     if output is None and plot:
-        output = Path("tokred-compare")
-    settings = CompareSettings(
+        output = "tokred-compare"
+    if output is not None:
+        from tokred.eval.samplelog import check_output_folder
+
+        check_output_folder(output)
+    settings = settings_from_flags(
         model=model,
         dataset=dataset,
         split=split,
@@ -120,7 +131,7 @@ def compare_command(
         match=parse_match(match),
         max_new_tokens=max_new_tokens,
         timing_repeats=timing_repeats,
-        output=output,
+        output=Path(output).expanduser() if output is not None else None,
         plot=plot,
     )
     with _progress(fmt) as progress:
@@ -129,6 +140,39 @@ def compare_command(
         stderr().print(f"warning: skipped {err}", markup=False)
     _write_outputs(result, plot)
     _emit(result, fmt)
+
+
+def settings_from_flags(**flags: Any) -> Any:
+    """``CompareSettings`` from the flags; an out-of-range value is one ``ConfigError`` naming the flag and its bounds.
+
+    Raises:
+        ConfigError: For the first invalid flag.
+    """
+    from pydantic import ValidationError
+
+    from tokred.compare import CompareSettings
+
+    try:
+        return CompareSettings(**flags)
+    except ValidationError as err:
+        problems = []
+        for e in err.errors():
+            field = str(e["loc"][0]) if e["loc"] else "settings"
+            flag = "--" + field.replace("_", "-")
+            value = flags.get(field, e.get("input"))
+            problems.append(f"{flag} {value}: {_bounds_text(e, field)}")
+        raise ConfigError("; ".join(problems)) from None
+
+
+def _bounds_text(error: Any, field: str) -> str:
+    from tokred._config import _bounds
+    from tokred.compare import CompareSettings
+
+    info = CompareSettings.model_fields.get(field)
+    bounds = _bounds(info.metadata) if info is not None else ""
+    if bounds and error.get("type", "").endswith(("than", "equal")):
+        return f"out of range, need {bounds.replace('x', field.replace('_', '-'))}"
+    return str(error.get("msg", "invalid value")).removeprefix("Value error, ")
 
 
 class _progress:

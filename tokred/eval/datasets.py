@@ -14,6 +14,7 @@ removed, number words mapped to digits, whitespace collapsed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import string
@@ -24,6 +25,7 @@ from typing import Protocol, runtime_checkable
 
 from PIL import Image
 
+from tokred.errors import TokredError
 from tokred.eval import shapes
 
 __all__ = [
@@ -77,8 +79,8 @@ class Dataset(Protocol):
         ...
 
 
-class DatasetError(ValueError):
-    """A dataset cannot be loaded (unknown name, missing file, or bad lines with ``strict=True``)."""
+class DatasetError(TokredError, ValueError):
+    """A dataset cannot be loaded (unknown name, missing file, duplicate ids, or bad lines with ``strict=True``)."""
 
 
 @dataclass(frozen=True)
@@ -175,20 +177,42 @@ class JsonlDataset:
         self.name = self.path.name
         self.errors: list[LineError] = []
         self.records: list[_JsonlRecord] = []
+        if self.path.is_dir():
+            raise DatasetError(f"dataset {self.path} is a folder; pass a .jsonl file (one JSON object per line)")
         if not self.path.is_file():
             raise DatasetError(f"dataset file not found: {self.path}")
+        data = self.path.read_bytes()
+        self.sha256 = hashlib.sha256(data).hexdigest()
+        if data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark (Windows editors): harmless, dropped
+            data = data[3:]
         base = self.path.parent
-        with self.path.open(encoding="utf-8") as fh:
-            for lineno, raw in enumerate(fh, start=1):
-                if limit is not None and len(self.records) >= limit:
-                    break
-                if not raw.strip():
-                    continue
-                rec = self._parse(raw, lineno, base)
-                if isinstance(rec, LineError):
-                    self.errors.append(rec)
-                else:
-                    self.records.append(rec)
+        seen: dict[str, int] = {}
+        for lineno, raw_bytes in enumerate(data.split(b"\n"), start=1):
+            if limit is not None and len(self.records) >= limit:
+                break
+            try:
+                raw = raw_bytes.decode("utf-8")
+            except UnicodeDecodeError as e:
+                self.errors.append(
+                    LineError(
+                        lineno,
+                        f"not UTF-8 (byte 0x{raw_bytes[e.start]:02x} at column {e.start + 1}); save the file as UTF-8",
+                    )
+                )
+                continue
+            if not raw.strip():
+                continue
+            rec = self._parse(raw, lineno, base)
+            if isinstance(rec, LineError):
+                self.errors.append(rec)
+                continue
+            if rec.id in seen:
+                raise DatasetError(
+                    f"{self.path}: sample id {rec.id!r} appears on lines {seen[rec.id]} and {lineno} (ids are compared "
+                    'as strings, so 1 and "1" collide); give every line its own id'
+                )
+            seen[rec.id] = lineno
+            self.records.append(rec)
 
     @staticmethod
     def _parse(raw: str, lineno: int, base: Path) -> _JsonlRecord | LineError:
@@ -200,7 +224,9 @@ class JsonlDataset:
             return LineError(lineno, f"expected a JSON object, got {type(obj).__name__}")
         missing = [k for k in ("image", "question", "answers") if k not in obj]
         if missing:
-            return LineError(lineno, f"missing key(s): {', '.join(missing)}")
+            unknown = sorted(set(obj) - {"image", "question", "answers", "id", "qtype"})
+            extra = f" (unknown key(s): {', '.join(unknown)})" if unknown else ""
+            return LineError(lineno, f"missing key(s): {', '.join(missing)}{extra}; expected image, question, answers")
         image, question, answers = obj["image"], obj["question"], obj["answers"]
         if not isinstance(image, str) or not image:
             return LineError(lineno, "'image' must be a non-empty string (a path relative to the JSONL file)")
@@ -210,13 +236,18 @@ class JsonlDataset:
             answers = [answers]
         if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
             return LineError(lineno, "'answers' must be a non-empty list of strings")
+        if not all(a.strip() for a in answers):
+            return LineError(lineno, f"'answers' holds an empty answer ({answers!r}); every answer needs a word")
+        rid = obj.get("id", f"line-{lineno}")
+        if isinstance(rid, bool) or not isinstance(rid, (str, int)) or not str(rid).strip():
+            return LineError(lineno, f"'id' must be a non-empty string or an integer, got {rid!r}")
         img_path = Path(image)
         if not img_path.is_absolute():
             img_path = base / img_path
-        if not img_path.is_file():
-            return LineError(lineno, f"image file not found: {img_path}")
+        problem = _image_problem(img_path)
+        if problem:
+            return LineError(lineno, problem)
         qtype = obj.get("qtype", "default")
-        rid = obj.get("id", f"line-{lineno}")
         return _JsonlRecord(img_path, question, list(answers), str(qtype), str(rid))
 
     def __len__(self) -> int:
@@ -234,6 +265,30 @@ class JsonlDataset:
         """Iterate over the good records in order."""
         for i in range(len(self)):
             yield self[i]
+
+
+def _image_problem(path: Path) -> str:
+    """Why ``path`` is not a usable image (missing, not an image, a decompression bomb), or ``""``."""
+    if not path.is_file():
+        return f"image file not found: {path}"
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+    except Image.DecompressionBombError:
+        return f"image {path} is a decompression bomb (too many pixels); use a smaller image"
+    except (OSError, ValueError, SyntaxError):
+        return f"{path} is not an image PIL can read"
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and width * height > limit:
+        return f"image {path} is {width}x{height} pixels, above the decompression-bomb limit of {limit}; shrink it"
+    return ""
+
+
+def dataset_hash(dataset: ShapesDataset | JsonlDataset) -> str:
+    """A content hash of the dataset: the JSONL file's bytes, or the built-in benchmark's split and seed."""
+    if isinstance(dataset, JsonlDataset):
+        return dataset.sha256
+    return hashlib.sha256(f"shapes:{dataset.split}:{dataset.seed}".encode()).hexdigest()
 
 
 def load_dataset(
@@ -254,13 +309,15 @@ def load_dataset(
         DatasetError: Unknown name, missing file, or (``strict``) bad lines.
     """
     name = str(name_or_path)
+    if not name.strip():
+        raise DatasetError("--dataset is empty: use 'shapes' (built-in) or the path of a .jsonl file")
     if name == "shapes" or name.startswith("shapes:"):
         if ":" in name:
             split = name.split(":", 1)[1]
         try:
             return ShapesDataset(split=split, limit=limit)
         except ValueError as e:
-            raise DatasetError(str(e)) from e
+            raise DatasetError(f"dataset shapes: {e}") from None
     path = Path(name)
     if not path.exists():
         raise DatasetError(f"unknown dataset {name!r}: not a built-in name (available: shapes) and no such file")
