@@ -39,8 +39,6 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "tokred.adapters",
 )
 
-_TRUE = {"1", "true", "yes", "on"}
-
 
 @dataclass
 class Registries:
@@ -70,7 +68,9 @@ _registries: Registries | None = None
 
 
 def _env_true(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in _TRUE
+    from tokred._env import env_flag
+
+    return env_flag(name)
 
 
 def _trace(hook_name: str, hook_impls: Any, kwargs: Any) -> None:
@@ -246,3 +246,40 @@ def _own_version() -> str:
     from tokred import __version__
 
     return __version__
+
+
+def disabled_by_switch(kind: str, name: str) -> str | None:
+    """The plugin blocked by ``TOKRED_DISABLED_PLUGINS`` that would have registered ``name`` of ``kind``, if any.
+
+    Only blocked plugins are looked at (built-in modules, or entry points of the ``tokred`` group), so this costs
+    nothing when the switch is unset.
+    """
+    blocked = [n.strip() for n in os.environ.get("TOKRED_DISABLED_PLUGINS", "").split(",") if n.strip()]
+    key = kind if kind.endswith("s") else kind + "s"
+    for plugin_name in blocked:
+        module = _blocked_module(plugin_name)
+        hook = getattr(module, f"tokred_register_{key}", None) if module is not None else None
+        if hook is None:
+            continue
+        found: list[str] = []
+        try:
+            hook(register=lambda obj, found=found: found.append(getattr(obj, "name", "")))
+        except Exception:  # noqa: BLE001 - a broken disabled plugin simply gives no hint
+            continue
+        if name in found:
+            return plugin_name
+    return None
+
+
+def _blocked_module(plugin_name: str) -> Any:
+    if plugin_name in DEFAULT_PLUGINS:
+        return importlib.import_module(plugin_name)
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=hookspecs.PROJECT):
+        if ep.name == plugin_name:
+            try:
+                return ep.load()
+            except Exception:  # noqa: BLE001
+                return None
+    return None
