@@ -110,6 +110,9 @@ class MergeContext:
         grid: (rows, cols) of the visual token grid when the tokens form one, row-major.
         layer: Index of the layer the merge runs in (vision-tower stage), else ``None``.
         num_layers: Depth of the stack the merge runs in, else ``None``.
+        text_embedding: For each row, the mean LLM input embedding of the non-visual, non-padding prompt tokens of
+            the sample the image belongs to, shape (B, C); filled by the pre-LLM stage for mergers that set
+            ``uses_text``, else ``None``.
     """
 
     target: int | None = None
@@ -119,6 +122,7 @@ class MergeContext:
     grid: tuple[int, int] | None = None
     layer: int | None = None
     num_layers: int | None = None
+    text_embedding: torch.Tensor | None = None
 
 
 @dataclass
@@ -155,11 +159,13 @@ class BaseMerger(BaseComponent):
 
     ``stage`` says where the merger acts: ``"pre_llm"`` on the projected features of each image before they enter
     the language model, or ``"vision"`` inside the vision tower's layers (then ``layer_budgets`` drives how many
-    tokens each tower layer keeps).
+    tokens each tower layer keeps). ``uses_text = True`` asks the pre-LLM stage for the prompt's mean text embedding
+    (``MergeContext.text_embedding``).
     """
 
     kind: ClassVar[Kind] = "merger"
     stage: ClassVar[MergeStage] = "pre_llm"
+    uses_text: ClassVar[bool] = False
 
     def merge(self, x: torch.Tensor, ctx: MergeContext) -> MergeResult:
         """Reduce tokens.

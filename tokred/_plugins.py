@@ -36,6 +36,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "tokred.strategies.random",
     "tokred.strategies.pooling",
     "tokred.strategies.divprune",
+    "tokred.strategies.cdpruner",
     "tokred.adapters",
 )
 

@@ -7,7 +7,7 @@ import functools
 
 import pytest
 import torch
-from paper_references import ref_divprune
+from paper_references import ref_cdpruner_kernel, ref_divprune, ref_dpp_greedy
 
 import tokred
 from tokred.ops import keep_count
@@ -70,3 +70,68 @@ def test_divprune_batch_equals_single_runs():
         one_logits, one_kept, _ = _run(model, _single(inputs, b), "divprune", {"keep_ratio": 0.2})
         assert one_kept == [kept[b]]
         assert (one_logits[0] - logits[b]).abs().max().item() <= 1e-5
+
+
+def _mean_text_embeddings(model, inputs):
+    """The mean LLM input embedding of each sample's non-visual, non-padding tokens, computed by hand."""
+    ids = inputs["input_ids"]
+    text = (ids != model.config.image_token_id) & inputs["attention_mask"].bool()
+    with torch.no_grad():
+        emb = model.get_input_embeddings()(torch.where(text, ids, 0)).double()
+    return [emb[b][text[b]].mean(0) for b in range(ids.shape[0])]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize(("keep_ratio", "weight"), [(0.222, 0.5), (0.3, 1.0), (0.55, 0.5), (0.15, 0.0)])
+def test_cdpruner_keeps_the_papers_selection(seed, keep_ratio, weight):
+    model, make = _llava()
+    inputs = make(batch=2, seed=seed)
+    options = {"keep_ratio": keep_ratio, "relevance_weight": weight}
+    _, kept, stats = _run(model, inputs, "cdpruner", options)
+    feats = _image_features(model, inputs)
+    texts = _mean_text_embeddings(model, inputs)
+    k = keep_count(feats[0].shape[0], keep_ratio, "round")
+    assert [len(s) for s in kept] == [k, k] and stats.visual_tokens_out == 2 * k
+    for got, f, t in zip(kept, feats, texts):
+        kernel = ref_cdpruner_kernel(f.numpy(), t.numpy(), weight)
+        assert got == sorted(ref_dpp_greedy(kernel, k))
+
+
+def test_cdpruner_relevance_follows_the_prompt():
+    model, make = _llava()
+    inputs = make(batch=1, seed=5)
+    other = dict(inputs)
+    ids = inputs["input_ids"].clone()
+    text = ids != model.config.image_token_id
+    ids[text] = (ids[text] * 7 + 3) % 200 + 1  # same image, another prompt
+    other["input_ids"] = ids
+    _, a, _ = _run(model, inputs, "cdpruner", {"relevance_weight": 1.0})
+    _, b, _ = _run(model, other, "cdpruner", {"relevance_weight": 1.0})
+    _, c, _ = _run(model, inputs, "cdpruner", {"relevance_weight": 0.0})
+    _, d, _ = _run(model, other, "cdpruner", {"relevance_weight": 0.0})
+    assert a != b  # the prompt changes the conditional kernel ...
+    assert c == d  # ... and nothing else when relevance has no weight
+
+
+def test_cdpruner_batch_equals_single_runs_in_generate():
+    model, make = _llava()
+    inputs = make(batch=3, seed=6)
+    with tokred.patch(model, "cdpruner", keep_ratio=0.3) as handle, torch.no_grad():
+        out = model.generate(
+            **inputs, max_new_tokens=3, do_sample=False, output_logits=True, return_dict_in_generate=True
+        )
+        kept = _survivors(handle.stats)
+        singles = []
+        for b in range(3):
+            one = model.generate(
+                **_single(inputs, b),
+                max_new_tokens=3,
+                do_sample=False,
+                output_logits=True,
+                return_dict_in_generate=True,
+            )
+            singles.append((one, _survivors(handle.stats)))
+    for b, (one, one_kept) in enumerate(singles):
+        assert one_kept == [kept[b]]
+        for step, logits in enumerate(out.logits):
+            assert (logits[b] - one.logits[step][0]).abs().max().item() <= 1e-5

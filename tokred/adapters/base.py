@@ -251,6 +251,11 @@ class ModelAdapter:
                 found = module  # modules come in layer order: keep the last
         return found
 
+    def text_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The LLM input embeddings of ``input_ids`` (B, N), shape (B, N, C): the model's own input embedding layer,
+        with any scaling it applies (what the decoder would receive for these tokens)."""
+        return self.model.get_input_embeddings()(input_ids)
+
     def side_token_inputs(self) -> tuple[str, ...]:
         """Per-token forward inputs that must be shortened with ``input_ids`` by a pre-LLM reduction."""
         return hf.TOKEN_TYPE_INPUTS

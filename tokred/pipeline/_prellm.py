@@ -63,10 +63,12 @@ def plan_image(
     grid: tuple[int, int] | None,
     merger: BaseMerger | None,
     metric: torch.Tensor | None = None,
+    text: torch.Tensor | None = None,
 ) -> ImagePlan:
     """Reduce one image's features ``x`` (n, C), keeping ``text_like`` rows untouched and in place.
 
-    ``metric`` (n, C'), when given, is what the merger matches on instead of the features (AIM's vision keys).
+    ``metric`` (n, C'), when given, is what the merger matches on instead of the features (AIM's vision keys);
+    ``text`` (C,), the mean text embedding of the image's prompt, for mergers that read it (CDPruner).
     """
     n = x.shape[0]
     rows = torch.arange(n, device=x.device)
@@ -76,7 +78,9 @@ def plan_image(
         return ImagePlan(x, rows, ~text_like, grid, rows)
     content = rows[~text_like]  # (n_c,)
     ctx = MergeContext(
-        grid=grid if not bool(text_like.any()) else None, metric=None if metric is None else metric[content][None]
+        grid=grid if not bool(text_like.any()) else None,
+        metric=None if metric is None else metric[content][None],
+        text_embedding=None if text is None else text[None],
     )
     res = merger.merge(x[content][None], ctx)
     merged = res.x[0]  # (m, C)
@@ -197,6 +201,22 @@ class PreLLMStage:
             out.append(k[k.shape[0] - n :])  # a leading class token is not a patch
         return out
 
+    def image_texts(self, kwargs: dict[str, Any], counts: list[int]) -> list[torch.Tensor | None]:
+        """Per image, the mean LLM input embedding (C,) of the non-visual, non-padding tokens of its sample, when the
+        merger reads the prompt (``uses_text``); else ``None`` for every image."""
+        if self.merger is None or not self.merger.uses_text:
+            return [None] * len(counts)
+        call = hf.CallArgs((), kwargs)
+        ids, mask = call.input_ids, call.attention_mask
+        text = ~self.adapter.visual_mask(ids)  # (B, N)
+        if mask is not None:
+            text &= mask.bool()
+        with torch.no_grad():
+            emb = self.adapter.text_embeddings(torch.where(text, ids, self.adapter.pad_token_id))  # (B, N, C)
+        weight = text.to(emb.dtype)[..., None]  # (B, N, 1)
+        mean = (emb * weight).sum(1) / weight.sum(1).clamp_min(1)  # (B, C)
+        return [mean[s] for s, _, _ in _image_slots(self.adapter.placeholder_mask(ids), counts)]
+
     def transform(self, kwargs: dict[str, Any], out: Any = None, enc: dict[str, Any] | None = None) -> dict[str, Any]:
         """Return new forward kwargs with the reduced features as precomputed encoder outputs and shortened token
         inputs."""
@@ -215,8 +235,10 @@ class PreLLMStage:
         )
         grids = self.adapter.feature_grids(enc, counts)
         metrics = self.image_metrics(counts)
+        texts = self.image_texts(kwargs, orig or counts)
         plans = [
-            plan_image(f, self.adapter.text_like_rows(f), g, self.merger, m) for f, g, m in zip(feats, grids, metrics)
+            plan_image(f, self.adapter.text_like_rows(f), g, self.merger, m, t)
+            for f, g, m, t in zip(feats, grids, metrics, texts)
         ]
         if orig is not None:  # the vision tower merged: outputs stand for the first slots of each image
             plans = [
