@@ -29,6 +29,7 @@ def visual_after_merge(
     images: int = 1,
     grid: tuple[int, int] | None = None,
     vision_layers: int | None = None,
+    feature_layer: int = -1,
 ) -> int:
     """Visual tokens entering the LLM after the strategy's vision-tower or pre-LLM merger.
 
@@ -38,6 +39,8 @@ def visual_after_merge(
         images: Images (or frames) per sample; each is merged on its own.
         grid: Token grid of one image, when the merger needs it (pooling).
         vision_layers: Vision-tower depth (needed for vision-stage mergers).
+        feature_layer: The model's ``vision_feature_layer``: the tower layers up to it merge (-1: all, -2: all but
+            the last; see `tokred.pipeline._vision.merging_blocks`).
     """
     merger = strategy.merger
     if merger is None:
@@ -45,8 +48,10 @@ def visual_after_merge(
     if merger.stage == "vision":
         if vision_layers is None:
             raise ConfigError(f"strategy '{strategy.name}' merges inside the vision tower: give vision_layers")
-        budgets = merger.layer_budgets(vision_layers + 1, visual_tokens)
-        return (budgets[-1] if budgets else visual_tokens) * images
+        from tokred.pipeline._vision import merging_blocks, tower_counts
+
+        counts = tower_counts(merger, vision_layers, visual_tokens)
+        return counts[merging_blocks(vision_layers, feature_layer)] * images
     return merger.output_count(visual_tokens, grid) * images
 
 

@@ -70,8 +70,9 @@ def test_tome_shrinks_placeholders_and_generate_matches_recomputation(tower):
         out = model.generate(
             **inputs, max_new_tokens=3, do_sample=False, output_logits=True, return_dict_in_generate=True
         )
-        assert handle.stats.visual_tokens_in == 128 and handle.stats.visual_tokens_out == 2 * 56
-        assert handle.stats.tokens_per_layer == [n - 8] * 4
+        # vision_feature_layer=-1: both tower layers merge (64 -> 56 -> 48 patches per image)
+        assert handle.stats.visual_tokens_in == 128 and handle.stats.visual_tokens_out == 2 * 48
+        assert handle.stats.tokens_per_layer == [n - 16] * 4
         assert torch.equal(out.sequences[:, :n], inputs["input_ids"])
         for step, logits in enumerate(out.logits):
             full = dict(inputs)

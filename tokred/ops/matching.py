@@ -49,7 +49,7 @@ __all__ = [
     "proportional_attention_bias",
 ]
 
-MergeOrder = Literal["score", "original"]
+MergeOrder = Literal["score", "original", "split"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -234,6 +234,8 @@ def _plan_from_matching(n: int, src_a: Tensor, unm_a: Tensor, dst_b: Tensor, ord
     """Build a `MergePlan` from A-local/B-local matching indices (A = even inputs, B = odd inputs)."""
     batch, r = src_a.shape
     b_idx = (2 * torch.arange(n // 2, device=src_a.device) + 1).expand(batch, n // 2)  # (B, Nb)
+    if order == "split":
+        unm_a = unm_a.sort(dim=1).values  # (B, Na - r) unmerged A tokens by index
     keep_idx = torch.cat([2 * unm_a, b_idx], dim=1)  # (B, N - r)
     if order == "original":
         keep_idx = keep_idx.sort(dim=1).values  # (B, N - r)
@@ -264,9 +266,12 @@ def bipartite_soft_matching(
         r: Tokens to remove; clipped to `max_merge_r` (at most half of the unprotected tokens). ``r <= 0`` gives
             the identity plan.
         protected: Tokens that are never merged (neither source nor destination), shape (B, N), bool. They pass
-            through with their values bitwise unchanged and in their relative order. Requires ``order="original"``.
+            through with their values bitwise unchanged. Requires ``order="original"`` (relative order kept) or
+            ``"split"`` (relative order kept within each of A and B; a class token at index 0 stays first).
         order: ``"score"`` (AIM and ToMe default): unmerged A tokens by descending score, then all B tokens in index
-            order. ``"original"``: all surviving tokens in original index order.
+            order. ``"split"`` (ToMe's order when a class token is protected): unmerged A tokens by index, then all
+            B tokens by index; it decides the next layer's alternating split, so it matters across layers.
+            ``"original"``: all surviving tokens in original index order.
 
     Returns:
         The `MergePlan`; outputs have ``N - r'`` tokens with ``r' = plan.r``. When ``r' == 0`` it is the identity
@@ -276,8 +281,8 @@ def bipartite_soft_matching(
         ValueError: On a bad shape or order, or ``protected`` with ``order="score"`` (score order interleaves A and B
             tokens and would reorder protected tokens).
     """
-    if order not in ("score", "original"):
-        raise ValueError(f"order must be 'score' or 'original', got {order!r}")
+    if order not in ("score", "original", "split"):
+        raise ValueError(f"order must be 'score', 'split' or 'original', got {order!r}")
     if metric.dim() != 3:
         raise ValueError(f"metric must have shape (B, N, C), got {tuple(metric.shape)}")
     batch, n, _ = metric.shape
@@ -286,10 +291,10 @@ def bipartite_soft_matching(
             raise ValueError(
                 f"protected must be a bool tensor of shape {(batch, n)}, got {protected.dtype} {tuple(protected.shape)}"
             )
-        if order != "original":
+        if order == "score":
             raise ValueError(
-                "protected tokens need order='original': 'score' order would move protected tokens "
-                "out of their relative order; pass order='original'"
+                "protected tokens need order='original' or 'split': 'score' order would move protected tokens "
+                "out of their relative order"
             )
     r = min(r, max_merge_r(n, protected))
     if r <= 0:

@@ -6,6 +6,11 @@ layouts are in the transformers seam, `tokred.adapters.hf.VISION_LAYOUTS`) with 
 attention (``log size`` passed as the additive attention mask of the stock attention module) and, after the
 attention residual, a merge driven by the merger's per-layer budgets with the layer's keys (averaged over heads,
 captured by a forward hook on ``k_proj``) as the similarity metric. The class token (CLIP, DINOv2) is protected.
+
+Merging blocks: the merger's schedule is spread over all ``L`` tower layers (as the reference spreads ``r`` over
+every block of the ViT), and the layers the projector's features pass through merge: ``vision_feature_layer = f``
+gives `merging_blocks` ``L + 1 + f`` for ``f < 0`` (``-1``: all ``L``; ``-2``, LLaVA's: layers ``0..L-2``, since the
+last layer's output is not read) and ``f`` for ``f >= 0``.
 """
 
 from __future__ import annotations
@@ -19,6 +24,29 @@ import torch
 from tokred._components import BaseMerger, MergeContext
 from tokred.adapters import hf
 from tokred.errors import UnsupportedModelError
+
+
+def merging_blocks(num_layers: int, feature_layer: int) -> int:
+    """How many tower layers merge: those whose output reaches ``hidden_states[feature_layer]``.
+
+    Args:
+        num_layers: Tower depth L.
+        feature_layer: The model's ``vision_feature_layer`` (index into the L + 1 hidden states).
+
+    Returns:
+        ``L + 1 + feature_layer`` for a negative index, else ``feature_layer``, clipped to ``[0, L]``.
+    """
+    blocks = num_layers + 1 + feature_layer if feature_layer < 0 else feature_layer
+    return min(num_layers, max(0, blocks))
+
+
+def tower_counts(merger: BaseMerger, num_layers: int, num_tokens: int) -> list[int]:
+    """Tokens entering each tower layer, then after the last layer's merge (``num_layers + 1`` entries)."""
+    counts = getattr(merger, "tower_counts", None)
+    if callable(counts):
+        return list(counts(num_layers, num_tokens))
+    budgets = merger.layer_budgets(num_layers, num_tokens) or [num_tokens] * num_layers
+    return [*budgets, budgets[-1]]
 
 
 class VisionStage:
@@ -56,6 +84,7 @@ class VisionStage:
                 "(vision_feature_layer); use a pre-LLM strategy (aim-merge, pooling, random) for this model"
             )
         self.layers = layers
+        self.blocks = merging_blocks(len(layers), feature_layer[0])
         self.layout = hf.VISION_LAYOUTS[next(iter(kinds))]
         self.tower: Any = tower
         self.size: torch.Tensor | None = None
@@ -95,7 +124,7 @@ class VisionStage:
         """
         norm1, attn, scale1, norm2, mlp, scale2, has_cls = self.layout
         if not self.budgets:
-            self.budgets = self.merger.layer_budgets(len(self.layers), hidden.shape[1]) or []
+            self.budgets = tower_counts(self.merger, len(self.layers), hidden.shape[1])
         bias = None
         if self.size is not None and getattr(self.merger.config, "prop_attn", True):
             bias = self.size.float().log()[:, None, None, :].to(hidden.dtype)  # (B, 1, 1, N)
@@ -103,7 +132,7 @@ class VisionStage:
         x = hf.vision_attention(getattr(layer, attn), getattr(layer, norm1)(hidden), bias, kwargs)
         x = getattr(layer, scale1)(x) if scale1 else x
         h = residual + x  # (B, N, C)
-        target = self.budgets[i + 1] if i + 1 < len(self.budgets) else h.shape[1]
+        target = self.budgets[i + 1] if i < self.blocks else h.shape[1]
         if target < h.shape[1]:
             h = self._merge(i, layer, h, target, has_cls)
         x = getattr(layer, mlp)(getattr(layer, norm2)(h))
