@@ -38,9 +38,29 @@ def bench_command(
     tokred bench -s fastv -o fastv.keep_ratio=0.25 --repeats 10 --threads 2
     tokred bench --layers 4 --hidden 512 --format json
     """
+    import math
+
     from tokred.cli.compare import parse_strategies
+    from tokred.cli.flops import check_counts
+    from tokred.errors import ConfigError
     from tokred.pipeline_bench import pipeline_benchmark
 
+    check_counts(
+        hidden=(hidden, 1),
+        layers=(layers, 1),
+        intermediate=(intermediate, 1),
+        heads=(heads, 1),
+        visual=(visual, 1),
+        text=(text, 1),
+        repeats=(repeats, 1),
+        warmup=(warmup, 0),
+        threads=(threads, 1),
+    )
+    if hidden % heads:
+        raise ConfigError(f"--heads {heads} does not divide --hidden {hidden}; e.g. --heads {_divisor(hidden, heads)}")
+    if math.isqrt(visual) ** 2 != visual:
+        side = max(1, round(math.sqrt(visual)))
+        raise ConfigError(f"--visual {visual} is not a square number (the tokens form a grid); e.g. {side * side}")
     names = parse_strategies([strategies])
     opts = parse_options(option, names)
     variants = {name: {"name": name, **opts.get(name, {})} for name in names}
@@ -61,6 +81,11 @@ def bench_command(
         print_json(report)
         return
     _print(report)
+
+
+def _divisor(hidden: int, heads: int) -> int:
+    """The divisor of ``hidden`` closest to ``heads`` (a hint for --heads)."""
+    return min((d for d in range(1, hidden + 1) if hidden % d == 0), key=lambda d: (abs(d - heads), d))
 
 
 def _print(report: dict[str, Any]) -> None:

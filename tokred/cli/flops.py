@@ -13,15 +13,28 @@ from tokred.cli._options import parse_options
 from tokred.cli._output import Format, print_json, stdout
 from tokred.errors import ConfigError
 
+CONVENTIONS = ("llm-viewer", "fastv")
+TEXT_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+
 
 def load_config(model: str) -> dict[str, Any]:
-    """A built-in config by name, or ``config.json`` of a local model directory / file."""
+    """A built-in config by name, or ``config.json`` of a local model directory / file.
+
+    Raises:
+        ConfigError: For a folder without config.json, a file that is not JSON, or a config without the LLM's sizes.
+        UnknownNameError: For a name that is neither a file nor a built-in config.
+    """
+    if not model.strip():
+        raise ConfigError("the model config is empty: give a built-in name (e.g. llava-1.5-7b) or a config.json")
     path = Path(model)
     if path.is_dir():
         path = path / "config.json"
+        if not path.is_file():
+            raise ConfigError(f"{model} has no config.json; give a model folder or the config file itself")
     if path.suffix == ".json" and path.exists():
-        raw = json.loads(path.read_text())
+        raw = _read_json(path)
         text = raw.get("text_config", raw)
+        check_text_config(text, str(path))
         return {
             "text_config": text,
             "vision_config": raw.get("vision_config"),
@@ -32,6 +45,66 @@ def load_config(model: str) -> dict[str, Any]:
     from tokred.flops import get_known_config
 
     return get_known_config(model)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text; give a transformers config.json") from None
+    except json.JSONDecodeError as err:
+        what = "empty" if not path.read_bytes().strip() else f"not valid JSON ({err.msg} at line {err.lineno})"
+        raise ConfigError(f"{path} is {what}; give a transformers config.json") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} holds a JSON {type(raw).__name__}, not an object; give a transformers config.json")
+    return raw
+
+
+def check_text_config(text: Any, source: str) -> None:
+    """Refuse an LLM config whose sizes are missing, not positive integers, or inconsistent.
+
+    Raises:
+        ConfigError: Naming the config and the key.
+    """
+    if not isinstance(text, dict):
+        raise ConfigError(f"{source}: text_config must be a JSON object")
+    missing = [k for k in TEXT_KEYS if k not in text]
+    if missing:
+        raise ConfigError(f"{source} lacks {', '.join(missing)}; a decoder config needs {', '.join(TEXT_KEYS)}")
+    for key in (*TEXT_KEYS, "num_key_value_heads", "head_dim"):
+        value = text.get(key)
+        if value is None and key in ("num_key_value_heads", "head_dim"):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{source}: {key} must be a positive integer, got {value!r}")
+    heads, kv = text["num_attention_heads"], text.get("num_key_value_heads") or text["num_attention_heads"]
+    if text.get("head_dim") is None and text["hidden_size"] % heads:
+        raise ConfigError(
+            f"{source}: num_attention_heads={heads} does not divide hidden_size={text['hidden_size']} (and no head_dim)"
+        )
+    if heads % kv:
+        raise ConfigError(f"{source}: num_key_value_heads={kv} does not divide num_attention_heads={heads}")
+
+
+def check_counts(**counts: tuple[int | None, int]) -> None:
+    """Refuse a count below its minimum: ``check_counts(visual=(v, 1))``.
+
+    Raises:
+        ConfigError: Naming the flag, its value and the minimum.
+    """
+    for name, (value, minimum) in counts.items():
+        if value is not None and value < minimum:
+            raise ConfigError(f"--{name.replace('_', '-')} {value}: must be at least {minimum}")
+
+
+def check_convention(convention: str) -> None:
+    """Refuse an unknown FLOPs convention.
+
+    Raises:
+        ConfigError: Listing the conventions.
+    """
+    if convention not in CONVENTIONS:
+        raise ConfigError(f"--convention {convention!r}: use one of {', '.join(CONVENTIONS)}")
 
 
 def flops_report(
@@ -112,6 +185,8 @@ def flops_command(
     tokred flops llava-onevision-7b --strategy aim -o variant=video --visual 196 --images 32 --text 100
     tokred flops ./my-model/config.json --strategy pooling -o kernel=3 --format json
     """
+    check_counts(visual=(visual, 1), text=(text, 0), images=(images, 1))
+    check_convention(convention)
     config = load_config(model)
     n_visual = visual if visual is not None else config.get("visual_tokens")
     if not n_visual:

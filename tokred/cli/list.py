@@ -75,7 +75,8 @@ def list_command(
 
 
 def _normalise_kind(kind: str) -> str:
-    key = kind if kind.endswith("s") else kind + "s"
+    key = kind.strip().lower()
+    key = "strategies" if key in ("strategy", "strategies") else key if key.endswith("s") else key + "s"
     if key not in KINDS:
         raise UnknownNameError(f"Unknown kind '{kind}'. Available: all, {', '.join(KINDS)}")
     return key
@@ -128,16 +129,21 @@ def show_command(
 
 
 def _find(name: str, kind: str | None) -> tuple[type[Any], str]:
+    import difflib
+
     regs = get_registries()
     kinds = (_normalise_kind(kind),) if kind else KINDS
     for k in kinds:
         if name in regs.by_kind(k):
             return regs.by_kind(k).get(name), k
-    every = sorted({n for k in KINDS for n in regs.by_kind(k).names()})
-    import difflib
-
-    close = difflib.get_close_matches(name.lower(), every, n=3, cutoff=0.5)
+    every = sorted({n for k in kinds for n in regs.by_kind(k).names()})
+    close = [n for n in difflib.get_close_matches(name.lower(), every, n=3, cutoff=0.5) if n != name]
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    if kind:
+        elsewhere = [k.rstrip("s") if k != "strategies" else "strategy" for k in KINDS if name in regs.by_kind(k)]
+        where = f" '{name}' is a {' and a '.join(elsewhere)}, not a {kinds[0].rstrip('s')}." if elsewhere else ""
+        label = kinds[0].rstrip("s") if kinds[0] != "strategies" else "strategy"
+        raise UnknownNameError(f"Unknown {label} '{name}'.{where}{hint} Available {kinds[0]}: {', '.join(every)}")
     raise UnknownNameError(f"Unknown name '{name}'.{hint} Available: {', '.join(every)}")
 
 

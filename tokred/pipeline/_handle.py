@@ -20,6 +20,7 @@ from tokred._components import Strategy
 from tokred.adapters import hf
 from tokred.errors import ConfigError, TokredError, UnsupportedModeError, UnsupportedModelError
 from tokred.pipeline._attention import CAPTURE_ATTR, register_attention_functions, wrapped_name
+from tokred.pipeline._checks import check_schedule_depth
 from tokred.pipeline._llm import InLLMStage
 from tokred.pipeline._prellm import PreLLMStage
 from tokred.pipeline._state import ReductionStats, RunState
@@ -96,6 +97,8 @@ class PatchHandle:
         self._removed = True
 
     def __enter__(self) -> PatchHandle:
+        if self._removed:
+            raise TokredError("this tokred patch was removed; patch the model again (tokred.patch) to reuse a strategy")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -283,6 +286,21 @@ def _restore_prompt(out: Any, ids: torch.Tensor, short_len: int) -> Any:
     return hf.with_sequences(out, torch.cat([prompt.to(seqs.device), seqs[:, short_len:]], dim=1))
 
 
+def _check_model_argument(model: Any) -> None:
+    """Refuse what is not a loaded model (``None``, a hub id string, a plain module) before touching it."""
+    if model is None:
+        raise UnsupportedModelError("patch() got None instead of a model; load one first, then patch(model, ...)")
+    if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
+        raise UnsupportedModelError(
+            f"patch() got the name {str(model)!r}, not a model: load the model first (from_pretrained), then "
+            "patch(model, ...)"
+        )
+    if not isinstance(model, torch.nn.Module) or getattr(model, "config", None) is None:
+        raise UnsupportedModelError(
+            f"patch() needs a transformers multimodal model (...ForConditionalGeneration), got {type(model).__name__}"
+        )
+
+
 def patch(
     model: Any, strategy: str | Strategy = "none", *, attn_implementation: str | None = None, **options: Any
 ) -> PatchHandle:
@@ -315,6 +333,7 @@ def patch(
         >>> handle.stats.tokens_per_layer
         [75, 75, 43, 43]
     """
+    _check_model_argument(model)
     strat = create_strategy(strategy, **options)
     existing = model.__dict__.get(HANDLE_ATTR)
     if existing is not None:
@@ -322,6 +341,7 @@ def patch(
     if strat.prune_mode not in ("drop", "mask"):
         raise ConfigError(f"unknown prune mode {strat.prune_mode!r}; use 'drop' or 'mask'")
     adapter = select_adapter(model)
+    check_schedule_depth(strat, adapter.num_layers)
     merger = strat.merger
     reasons = (
         adapter.refusals(

@@ -24,6 +24,7 @@ from torch.utils.hooks import RemovableHandle
 from tokred.adapters import hf
 from tokred.errors import UnsupportedModeError
 from tokred.ops import gather_tokens, topk_keep
+from tokred.pipeline._checks import check_scores
 from tokred.pipeline._state import RunState
 
 
@@ -62,6 +63,7 @@ class InLLMStage:
     def __init__(self, adapter: Any, state: RunState) -> None:
         self.adapter = adapter
         self.state = state
+        state.final_norm = adapter.final_norm()
         self.windows = adapter.sliding_windows()
         # DeepStack injection taken over from the decoder while a prefill prunes: (visual mask (B, N), per-layer (V, C))
         self.injection: tuple[torch.Tensor, list[torch.Tensor]] | None = None
@@ -187,8 +189,8 @@ class InLLMStage:
         st = self.state
         scorer = st.strategy.scorer
         assert scorer is not None
-        scores = scorer.score(st.score_context(i, h)).float()  # (B, N_cur)
-        scores = torch.nan_to_num(scores, nan=float("-inf"))
+        scores = scorer.score(st.score_context(i, h))  # (B, N_cur)
+        scores = check_scores(scores, h, st.cur_visual, scorer, st.allowed).float()
         if st.allowed is not None:  # mask mode: never revive a pruned token
             scores = scores.masked_fill(~st.allowed, float("-inf"))
         local = topk_keep(scores, st.budgets[i], protected=~st.cur_visual)  # (B, K) ascending
@@ -231,7 +233,12 @@ class InLLMStage:
             call.attention_mask = gather_seq(mask, self._kv_map(keep, mask.shape[-1]), -1, -mask.dim())
 
     def _mask_keys(self, call: hf.CallArgs, allowed: torch.Tensor, prefill: bool) -> None:
-        """Mask mode (AIM parity): hide pruned prompt tokens as keys; a token always sees itself (no empty rows)."""
+        """Mask mode (AIM's reference loop): hide pruned prompt tokens as keys only.
+
+        Pruned tokens stay query rows of every later layer and, like every other row, do not see pruned keys, their
+        own included (the reference masks a pruned token's column in every row). Only a row left with no visible
+        key at all (e.g. a pruned token before any kept one, or padding) sees itself, so no row is empty.
+        """
         h_len = self.state.prompt_len if prefill else 1
         kv = self.state.prompt_len if prefill else self.state.decode_kv
         b = allowed.shape[0]
@@ -241,9 +248,13 @@ class InLLMStage:
             mask = (torch.arange(kv, device=allowed.device)[None, :] <= qpos[:, None])[None, None]  # (1, 1, q, kv)
         gen = torch.ones(b, kv - allowed.shape[1], dtype=torch.bool, device=allowed.device)
         keys = torch.cat([allowed, gen], dim=1)[:, None, None, :]  # (B, 1, 1, kv)
+        low = torch.finfo(mask.dtype).min if mask.dtype.is_floating_point else 0
+        visible = (mask if mask.dtype == torch.bool else mask > low / 2) & keys  # (B, 1|H, q, kv)
+        self_only = torch.zeros_like(visible)
         if prefill:
-            keys = keys | torch.eye(kv, dtype=torch.bool, device=allowed.device)[None, None]  # (B, 1, q, kv)
+            eye = torch.eye(kv, dtype=torch.bool, device=allowed.device)[None, None]  # (1, 1, q, kv)
+            self_only = eye & ~visible.any(dim=-1, keepdim=True)  # (B, 1|H, q, kv) rows with no visible key
         if mask.dtype == torch.bool:
-            call.attention_mask = mask & keys
+            call.attention_mask = visible | self_only
         else:
-            call.attention_mask = mask.masked_fill(~keys, torch.finfo(mask.dtype).min)
+            call.attention_mask = mask.masked_fill(~visible, low).masked_fill(self_only, 0.0)

@@ -19,6 +19,7 @@ import torch
 from tokred._components import BaseMerger, MergeContext
 from tokred.adapters import hf
 from tokred.errors import ConfigError, UnsupportedModeError
+from tokred.pipeline._checks import check_merge
 
 
 @dataclass
@@ -82,7 +83,7 @@ def plan_image(
         metric=None if metric is None else metric[content][None],
         text_embedding=None if text is None else text[None],
     )
-    res = merger.merge(x[content][None], ctx)
+    res = check_merge(merger.merge(x[content][None], ctx), x[content][None], merger, ctx.grid)
     merged = res.x[0]  # (m, C)
     rep = content[_first_source(res.source[0], merged.shape[0]).clamp(max=content.shape[0] - 1)]  # (m,)
     if not bool(text_like.any()):
