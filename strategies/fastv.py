@@ -40,7 +40,7 @@ class LastTokenAttentionScorer(BaseScorer):
             ctx.key,
             scaling=ctx.scaling,
             query_index=ctx.query_index[:, -1:],
-            key_mask=ctx.attention_mask,
+            key_mask=ctx.attention_mask if ctx.key_mask is None else ctx.key_mask,
         )  # (B, H, 1, N)
         return probs.mean(dim=1)[:, 0]  # (B, N)
 

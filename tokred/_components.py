@@ -207,6 +207,9 @@ class ScoreContext:
         layer: Index of the decoder layer the scores come from.
         num_layers: Number of decoder layers.
         seed: Seed for scorers that draw random numbers.
+        key_mask: Which tokens the scoring layer's attention could see as keys, shape (B, N) bool, when it differs
+            from ``attention_mask``: in mask mode pruned tokens stay in the sequence (real tokens, query rows) but
+            are hidden as keys. ``None`` means ``attention_mask``.
     """
 
     visual_mask: torch.Tensor
@@ -220,6 +223,7 @@ class ScoreContext:
     layer: int | None = None
     num_layers: int | None = None
     seed: int | None = None
+    key_mask: torch.Tensor | None = None
 
 
 @runtime_checkable

@@ -112,6 +112,7 @@ def pagerank_importance(
     iterations: int = 5,
     chunk_size: int = 128,
     max_matrix_bytes: int = 64 * 2**20,
+    query_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """AIM's multi-modal importance: PageRank over the sharpened attention matrix, RMS over heads.
 
@@ -127,7 +128,12 @@ def pagerank_importance(
         query: Queries of every token, shape (B, H, N, D).
         key: Keys of every token, shape (B, H_kv, N, D).
         scaling: Logit scale.
-        key_mask: Which tokens are real (padding neither attends nor is attended), shape (B, N) bool.
+        key_mask: Which tokens can be attended (padding, and tokens pruned in mask mode, are not), shape (B, N)
+            bool.
+        query_mask: Which tokens are query rows: they start with mass ``1 / count`` and pass it on along their
+            rows, shape (B, N) bool; ``None`` means ``key_mask``. AIM's reference keeps tokens it pruned as query
+            rows (uniform start over all N tokens) while hiding them as keys: pass the real tokens here and the
+            still visible ones as ``key_mask``.
         temperature: Softmax temperature tau.
         iterations: Power iterations.
         chunk_size: Query rows per chunk (smaller chunks follow the triangle more closely).
@@ -139,7 +145,8 @@ def pagerank_importance(
     b, h, n, _ = query.shape
     group = h // key.shape[1]
     valid = torch.ones(b, n, dtype=torch.bool, device=query.device) if key_mask is None else key_mask.bool()
-    start = valid.float() / valid.sum(-1, keepdim=True).clamp_min(1).float()  # (B, N) uniform over real tokens
+    rows = valid if query_mask is None else query_mask.bool()  # (B, N)
+    start = rows.float() / rows.sum(-1, keepdim=True).clamp_min(1).float()  # (B, N) uniform over query rows
     sq_sum = torch.zeros(b, n, dtype=torch.float32, device=query.device)
     head_bytes = b * 4 * n * (n + chunk_size) // 2  # one head's stored triangle, all batch rows
     step = max(1, min(h, max_matrix_bytes // max(1, head_bytes)))  # heads per pass
@@ -147,7 +154,14 @@ def pagerank_importance(
         heads = torch.arange(lo, min(h, lo + step), device=query.device)
         q = query[:, heads].flatten(0, 1)  # (B*h', N, D)
         k = key[:, heads // group].flatten(0, 1)  # (B*h', N, D)
-        blocks = _sharpened_blocks(q, k, valid.repeat_interleave(len(heads), 0), scaling / temperature, chunk_size)
+        blocks = _sharpened_blocks(
+            q,
+            k,
+            valid.repeat_interleave(len(heads), 0),
+            scaling / temperature,
+            chunk_size,
+            rows.repeat_interleave(len(heads), 0),
+        )
         pi = start.repeat_interleave(len(heads), 0)  # (B*h', N)
         for _ in range(iterations):
             pi = _propagate(pi, blocks)
@@ -157,7 +171,12 @@ def pagerank_importance(
 
 
 def _sharpened_blocks(
-    q: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, scale: float, chunk_size: int
+    q: torch.Tensor,
+    k: torch.Tensor,
+    valid: torch.Tensor,
+    scale: float,
+    chunk_size: int,
+    rows: torch.Tensor | None = None,
 ) -> list[tuple[int, torch.Tensor]]:
     """Row chunks of the causal, row-stochastic ``softmax(q k^T * scale + padding mask)`` for a batch of heads.
 
@@ -167,16 +186,19 @@ def _sharpened_blocks(
     Args:
         q: Queries, shape (G, N, D) (G = batch x heads).
         k: Keys of the matching key heads, shape (G, N, D).
-        valid: Real tokens, shape (G, N) bool.
+        valid: Tokens visible as keys, shape (G, N) bool.
         scale: ``scaling / temperature``.
         chunk_size: Rows per chunk.
+        rows: Query rows that carry mass, shape (G, N) bool; ``None`` = ``valid``.
 
     Returns:
-        ``(lo, block)`` pairs, ``block`` of shape (G, hi - lo, hi), float32; rows of padding tokens are zero.
+        ``(lo, block)`` pairs, ``block`` of shape (G, hi - lo, hi), float32; rows of non-query tokens (and rows
+        that see no key) are zero.
     """
     g, n, _ = q.shape
+    rows = valid if rows is None else rows
     qf, kt = q.float(), k.float().transpose(-1, -2)  # (G, N, D), (G, D, N)
-    padded = not bool(valid.all())
+    padded = not bool(valid.all() and rows.all())
     blocks = []
     for lo in range(0, n, chunk_size):
         hi = min(n, lo + chunk_size)
@@ -188,8 +210,8 @@ def _sharpened_blocks(
             logits.masked_fill_(~valid[:, None, :hi], float("-inf"))
         block = torch.softmax(logits, dim=-1)  # (G, c, hi)
         del logits
-        if padded:  # rows of padding queries saw no key: NaN -> 0, and they carry no mass
-            block.nan_to_num_(0.0).mul_(valid[:, lo:hi, None])
+        if padded:  # rows of non-query tokens carry no mass; rows that saw no key are NaN -> 0
+            block.nan_to_num_(0.0).mul_(rows[:, lo:hi, None])
         blocks.append((lo, block))
     return blocks
 

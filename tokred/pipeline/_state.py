@@ -160,12 +160,17 @@ class RunState:
         self.captured[layer] = Captured(q.detach(), key.detach(), index, float(scaling))
 
     def score_context(self, layer: int, hidden: torch.Tensor) -> ScoreContext:
-        """What the scorer of pruning layer ``layer`` sees: layer ``layer - 1``'s inputs."""
+        """What the scorer of pruning layer ``layer`` sees: layer ``layer - 1``'s inputs.
+
+        In mask mode every real token is still a query row of that layer (``attention_mask``), while the tokens
+        pruned so far are hidden as keys (``key_mask``), exactly as in AIM's reference prefill.
+        """
         cap = self.captured.pop(layer - 1, None)
-        key_mask = self.cur_pad if self.allowed is None else self.cur_pad & self.allowed
+        key_mask = None if self.allowed is None else self.cur_pad & self.allowed
         return ScoreContext(
             visual_mask=self.cur_visual,
-            attention_mask=key_mask,
+            attention_mask=self.cur_pad,
+            key_mask=key_mask,
             hidden_states=hidden,
             query=None if cap is None else cap.query,
             key=None if cap is None else cap.key,
