@@ -64,6 +64,10 @@ def bench_command(
     names = parse_strategies([strategies])
     opts = parse_options(option, names)
     variants = {name: {"name": name, **opts.get(name, {})} for name in names}
+    import tokred
+
+    for name in names:  # unknown names and bad options fail before anything is built or timed
+        tokred.create_strategy(name, **opts.get(name, {}))
     stderr().print(f"timing stock, patched-keep-all and {', '.join(names)} ({warmup} + {repeats} rounds) ...")
     report = pipeline_benchmark(
         hidden_size=hidden,

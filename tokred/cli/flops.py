@@ -121,10 +121,12 @@ def flops_report(
     import tokred
     from tokred.budget import predict_tokens_per_layer
     from tokred.flops import FlopsReport, decode_step_flops, prefill_flops, projector_flops, vision_tower_flops
+    from tokred.pipeline._checks import check_schedule_depth
 
     strategy = tokred.create_strategy(strategy_name, **options)
     text_cfg, vision_cfg = config["text_config"], config.get("vision_config")
     layers = int(text_cfg["num_hidden_layers"])
+    check_schedule_depth(strategy, layers)
     vision_layers = int(vision_cfg["num_hidden_layers"]) if vision_cfg else None
     # The tower (and projector) see every patch of an image even when the LLM gets fewer tokens (e.g. OneVision
     # pools video frames 729 -> 196 after the projector).
