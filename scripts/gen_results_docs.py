@@ -21,7 +21,19 @@ ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "docs" / "results" / "reference-compare.json"
 COMMAND = ROOT / "docs" / "results" / "COMMAND"
 OUT = ROOT / "docs" / "_results"
-STRATEGIES = ("aim", "aim-merge", "aim-prune", "fastv", "tome", "random", "pooling", "divprune", "cdpruner", "none")
+STRATEGIES = (
+    "aim",
+    "aim-merge",
+    "aim-prune",
+    "fastv",
+    "tome",
+    "random",
+    "pooling",
+    "divprune",
+    "cdpruner",
+    "dart",
+    "none",
+)
 
 HEADER = (
     "| strategy | accuracy % [95 % CI] | agreement | McNemar p | rel. prefill FLOPs | prefill ms | decode ms/token "

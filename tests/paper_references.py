@@ -49,3 +49,42 @@ def ref_dpp_greedy(kernel: np.ndarray, k: int) -> list[int]:
                 best, best_logdet = j, logdet
         picked.append(best)
     return picked
+
+
+def ref_dart(
+    keys: np.ndarray,
+    normed: np.ndarray,
+    image: range,
+    keep_ratio: float,
+    pivot_image_token: int = 4,
+    pivot_text_token: int = 4,
+    visit: str = "set",
+) -> list[int]:
+    """DART (arXiv:2502.11494) on one unpadded sequence, returning the kept image tokens (sorted).
+
+    ``visit="set"`` visits the pivots in the iteration order of a Python set of their indices (the reference's
+    order); ``"rank"`` in the order they were ranked (image pivots, then text pivots), to show that the order matters.
+
+    Args:
+        keys: Post-RoPE keys of layer K-1, all heads concatenated, shape (N, H*D).
+        normed: Layer K-1's output after the decoder's final norm, shape (N, C).
+        image: Positions of the image tokens (one contiguous span).
+        keep_ratio: Fraction of image tokens kept.
+    """
+    from fractions import Fraction
+
+    l1 = np.abs(keys).sum(axis=1)
+    after = range(image.stop, len(keys))
+    image_pivots = sorted(image, key=lambda i: -l1[i])[:pivot_image_token]
+    text_pivots = sorted(after, key=lambda i: -l1[i])[:pivot_text_token]
+    pivots = pivot_image_token + pivot_text_token
+    quota = int(Fraction(str(keep_ratio)) * len(image) // pivots)
+    unit = normed / np.linalg.norm(normed, axis=1, keepdims=True)
+    kept = set(image_pivots)
+    pool = [i for i in image if i not in image_pivots]
+    ranked = image_pivots + text_pivots
+    for p in list(set(ranked)) if visit == "set" else ranked:
+        picks = sorted(pool, key=lambda i: float(unit[p] @ unit[i]))[:quota]  # least similar to the pivot
+        kept.update(picks)
+        pool = [i for i in pool if i not in picks]
+    return sorted(kept)

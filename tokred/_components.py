@@ -25,6 +25,8 @@ from tokred._config import ComponentConfig
 from tokred.errors import ConfigError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import torch
 
 Kind = Literal["merger", "scorer", "scheduler", "strategy"]
@@ -207,6 +209,8 @@ class ScoreContext:
         layer: Index of the decoder layer the scores come from.
         num_layers: Number of decoder layers.
         seed: Seed for scorers that draw random numbers.
+        final_norm: The decoder's final norm (in-LLM stage), for scorers that compare hidden states the way the LM
+            head sees them (DART); ``None`` where the stage has none.
         key_mask: Which tokens the scoring layer's attention could see as keys, shape (B, N) bool, when it differs
             from ``attention_mask``: in mask mode pruned tokens stay in the sequence (real tokens, query rows) but
             are hidden as keys. ``None`` means ``attention_mask``.
@@ -223,6 +227,7 @@ class ScoreContext:
     layer: int | None = None
     num_layers: int | None = None
     seed: int | None = None
+    final_norm: Callable[[torch.Tensor], torch.Tensor] | None = None
     key_mask: torch.Tensor | None = None
 
 

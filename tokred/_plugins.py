@@ -37,6 +37,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "tokred.strategies.pooling",
     "tokred.strategies.divprune",
     "tokred.strategies.cdpruner",
+    "tokred.strategies.dart",
     "tokred.adapters",
 )
 

@@ -135,3 +135,72 @@ def test_cdpruner_batch_equals_single_runs_in_generate():
         assert one_kept == [kept[b]]
         for step, logits in enumerate(out.logits):
             assert (logits[b] - one.logits[step][0]).abs().max().item() <= 1e-5
+
+
+def _dart_inputs_by_hand(model, inputs, layer):
+    """Layer ``layer - 1``'s post-RoPE keys (N, H*D) and final-normed output (N, C) of one unpadded sample."""
+    from transformers.models.llama.modeling_llama import rotate_half
+
+    lm = model.model.language_model
+    with torch.no_grad():
+        hs = model(**inputs, output_hidden_states=True).hidden_states
+        x = hs[layer - 1]  # input of layer K-1
+        block = lm.layers[layer - 1]
+        xn = block.input_layernorm(x)
+        attn = block.self_attn
+        k = attn.k_proj(xn).view(1, x.shape[1], -1, attn.head_dim).transpose(1, 2)  # (1, H_kv, N, D)
+        cos, sin = lm.rotary_emb(xn, torch.arange(x.shape[1])[None])
+        k = k * cos[:, None] + rotate_half(k) * sin[:, None]
+        normed = lm.norm(hs[layer])  # output of layer K-1 through the final norm
+    keys = k[0].transpose(0, 1).reshape(x.shape[1], -1)  # (N, H*D)
+    return keys.double().numpy(), normed[0].double().numpy()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize(("keep_ratio", "layer"), [(0.25, 2), (0.5, 1), (0.7, 3)])
+def test_dart_keeps_the_papers_selection(seed, keep_ratio, layer):
+    from paper_references import ref_dart
+
+    model, make = _llava()
+    inputs = make(batch=1, seed=seed)
+    ids = inputs["input_ids"][0]
+    image = torch.nonzero(ids == model.config.image_token_id)[:, 0]
+    span = range(int(image[0]), int(image[-1]) + 1)
+    keys, normed = _dart_inputs_by_hand(model, inputs, layer)
+    want = ref_dart(keys, normed, span, keep_ratio)
+    with tokred.patch(model, "dart", keep_ratio=keep_ratio, layer=layer) as handle, torch.no_grad():
+        model(**inputs)
+        kept = handle.stats.kept_indices[layer][0]
+    got = [int(i) for i in kept if int(i) in span]
+    assert got == want
+    VISIT_ORDER_MATTERS.append(want != ref_dart(keys, normed, span, keep_ratio, visit="rank"))
+    assert len(got) == 4 + 8 * int(keep_ratio * len(span) / 8 + 1e-9)
+    assert [int(i) for i in kept if int(i) not in span] == [i for i in range(len(ids)) if i not in span]
+
+
+VISIT_ORDER_MATTERS: list[bool] = []
+
+
+def test_dart_visiting_order_changes_the_result():
+    """Over the cases above, visiting the pivots in rank order instead of the set's order changes the kept set."""
+    if not VISIT_ORDER_MATTERS:
+        pytest.skip("run with test_dart_keeps_the_papers_selection")
+    assert any(VISIT_ORDER_MATTERS)
+
+
+def test_dart_batch_equals_single_runs_in_generate():
+    model, make = _llava()
+    inputs = make(batch=3, seed=7)
+    kw = dict(max_new_tokens=3, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    with tokred.patch(model, "dart", keep_ratio=0.3) as handle, torch.no_grad():
+        out = model.generate(**inputs, **kw)
+        kept = handle.stats.kept_indices[2]
+        pad = (inputs["attention_mask"] == 0).sum(1)
+        singles = []
+        for b in range(3):
+            singles.append((model.generate(**_single(inputs, b), **kw), handle.stats.kept_indices[2]))
+    for b, (one, one_kept) in enumerate(singles):
+        real = kept[b][kept[b] >= pad[b]] - pad[b]  # padding rows are never dropped: compare the real ones
+        assert torch.equal(one_kept[0], real)
+        for step, logits in enumerate(out.logits):
+            assert (logits[b] - one.logits[step][0]).abs().max().item() <= 1e-5

@@ -251,6 +251,11 @@ class ModelAdapter:
                 found = module  # modules come in layer order: keep the last
         return found
 
+    def final_norm(self) -> torch.nn.Module | None:
+        """The decoder's final norm (applied before the LM head), or ``None`` if the decoder has none."""
+        norm = getattr(self.decoder, "norm", None)
+        return norm if isinstance(norm, torch.nn.Module) else None
+
     def text_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
         """The LLM input embeddings of ``input_ids`` (B, N), shape (B, N, C): the model's own input embedding layer,
         with any scaling it applies (what the decoder would receive for these tokens)."""

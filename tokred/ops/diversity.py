@@ -1,4 +1,4 @@
-"""Diversity-based selection: max-min diversity (DivPrune) and greedy DPP MAP inference (CDPruner).
+"""Diversity-based selection: max-min diversity (DivPrune), greedy DPP MAP inference (CDPruner), pivots (DART).
 
 Both select a subset of tokens that covers the feature space instead of ranking tokens one by one. The selections
 return kept indices in ascending order (the kept tokens keep their relative order), with every protected token kept
@@ -25,6 +25,8 @@ from tokred.ops.selection import protected_count
 __all__ = [
     "cdpruner_kernel",
     "cosine_similarity_matrix",
+    "dart_keep",
+    "dart_quota",
     "dpp_greedy_keep",
     "dpp_greedy_order",
     "max_min_diversity_keep",
@@ -241,3 +243,53 @@ def cdpruner_kernel(x: Tensor, relevance: Tensor | None, relevance_weight: float
         return sim
     r = relevance.to(sim.dtype)  # (B, N)
     return (1.0 - relevance_weight) * sim + relevance_weight * (r[:, :, None] * sim * r[:, None, :])  # (B, N, N)
+
+
+def dart_quota(n: int, keep_ratio: float, pivots: int) -> int:
+    """Tokens each DART pivot adds: ``floor(keep_ratio * n / pivots)`` in exact arithmetic."""
+    from fractions import Fraction
+
+    from tokred.ops.counts import exact_ratio
+
+    if pivots < 1:
+        raise ValueError(f"need at least one pivot, got {pivots}")
+    return int(exact_ratio(keep_ratio) * n // Fraction(pivots))
+
+
+@torch.no_grad()
+def dart_keep(
+    features: Tensor,
+    pivots: list[int],
+    candidates: Tensor,
+    keep_pivots: list[int],
+    quota: int,
+) -> Tensor:
+    """DART's duplication-aware selection for one sequence (arXiv:2502.11494).
+
+    Visits the ``pivots`` in the given order; each takes the ``quota`` remaining candidates least cosine-similar to
+    it (on ``features``), which then leave the candidate pool. The kept set is ``keep_pivots`` plus every pick.
+
+    Args:
+        features: Token features of one sequence, shape (N, C) (DART: the final-normed hidden states).
+        pivots: Sequence indices of the pivots, in visiting order.
+        candidates: Sequence indices a pivot may pick, shape (M,) (the image tokens that are not pivots).
+        keep_pivots: Pivots that are kept themselves (DART: the image pivots, not the text ones).
+        quota: Picks per pivot; a pivot takes fewer when the pool runs out.
+
+    Returns:
+        Kept sequence indices, ascending, shape (K,).
+    """
+    unit = F.normalize(_work_dtype(features), dim=-1)  # (N, C)
+    pool = candidates.clone()  # (M,)
+    kept = [torch.as_tensor(keep_pivots, dtype=torch.long, device=features.device)]
+    for p in pivots:
+        take = min(quota, int(pool.numel()))
+        if take == 0:
+            break
+        sim = unit[pool] @ unit[p]  # (M',)
+        pick = torch.topk(-sim, take).indices  # least similar first
+        kept.append(pool[pick])
+        left = torch.ones_like(pool, dtype=torch.bool)
+        left[pick] = False
+        pool = pool[left]
+    return torch.cat(kept).unique(sorted=True)  # (K,)

@@ -69,6 +69,7 @@ class RunState:
         self.prepared_ids: torch.Tensor | None = None  # shortened ids prepared by the generate wrapper
         self.prepared_visual: torch.Tensor | None = None
         self.prepared_visual_in = 0
+        self.final_norm: Any = None  # the decoder's final norm, for scorers that read it (set by the in-LLM stage)
         self._reset_prefill(0, 0)
 
     # --------------------------------------------------------------------------------------- prefill
@@ -178,6 +179,7 @@ class RunState:
             scaling=None if cap is None else cap.scaling,
             layer=layer - 1,
             num_layers=self.num_layers,
+            final_norm=self.final_norm,
         )
 
     def record_layer(self, layer: int, length: int) -> None:
