@@ -5,11 +5,13 @@ arXiv:2412.03248. Implemented from the paper and the tokred dossier (algorithms.
 
 Where tokred differs from the reference code:
 
-* pruning really drops tokens (``mode="drop"``, the default): later layers run on shorter sequences and their KV
-  cache holds only what they kept. ``mode="mask"`` reproduces the reference behaviour (pruned tokens hidden as keys,
-  the cache keeps everything) for parity studies;
+* pruning really drops tokens (``mode="drop"``, the default): later layers run on shorter sequences, their KV
+  cache holds only what they kept, and each later PageRank runs over the survivors only. ``mode="mask"`` (with
+  ``reference_code_offset=True``) is the reference loop: pruned tokens stay query rows of later attention and of the
+  PageRank (uniform start over all N tokens), hidden only as keys, and the cache keeps everything;
 * PageRank is computed a few heads at a time over row chunks of the causal triangle (bounded memory) from queries
   and keys, so any attention backend works, instead of materialising an H x N x N tensor under eager attention;
+* merge similarities and PageRank logits are float32 whatever the input dtype;
 * batches of any size and any number of images work; spans come from ``input_ids``;
 * for images the merge metric is the projected features by default; ``metric="keys"`` uses the vision tower's
   last-layer keys, as the LLaVA-1.5 variant does, but merges the *projected* features (after the projector, where
