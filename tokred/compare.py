@@ -566,11 +566,13 @@ def run_compare(settings: CompareSettings, progress: Progress | None = None) -> 
         try:
             return _run(settings, variants, dataset, log, progress)
         except KeyboardInterrupt:
-            where = f"in {log.path}" if log.path is not None else "(no --output, so nothing is on disk)"
-            raise InterruptedRun(
-                f"interrupted; {len(log.records)} records kept {where}"
-                + (", rerun the same command to resume" if log.path is not None else "")
-            ) from None
+            if log.path is None:
+                message = "interrupted; no --output was given, so nothing was kept (pass --output to resume later)"
+            else:
+                message = (
+                    f"interrupted; {len(log.records)} records kept in {log.path}, rerun the same command to resume"
+                )
+            raise InterruptedRun(message) from None
 
 
 def _run(

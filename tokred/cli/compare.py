@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -271,10 +272,33 @@ def _write_outputs(result: Any, plot: bool) -> None:
     if folder is None:
         return
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "summary.json").write_text(json.dumps(_json(result), indent=2, default=str) + "\n")
-    (folder / "summary.csv").write_text(_csv(result.rows))
+    _write_atomic(folder / "summary.json", json.dumps(_json(result), indent=2, default=str) + "\n")
+    _write_atomic(folder / "summary.csv", _csv(result.rows))
     if plot:
         from tokred.plots import pareto_plot
 
         path = pareto_plot(result.rows, folder / "pareto.png", title=f"tokred compare: {result.info['model']}")
         stderr().print(f"wrote {path}")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: readers see the old or the new file.
+
+    Raises:
+        OutputError: If the disk is full or the folder cannot be written (the old file is left as it was).
+    """
+    from tokred.errors import OutputError
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(
+            f"cannot write {path}: {err.strerror or err}; the per-sample records are kept, free space and rerun the "
+            "same command (it resumes)"
+        ) from None

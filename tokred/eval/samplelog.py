@@ -30,7 +30,10 @@ from __future__ import annotations
 import errno
 import json
 import os
-from collections.abc import Iterable
+import signal
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +75,21 @@ def check_output_folder(folder: str | Path) -> Path:
             f"--output {path} is not writable ({err.strerror or err}); choose a folder you can write to"
         ) from None
     return path
+
+
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM until the block ends (POSIX main thread; elsewhere a no-op)."""
+    mask = getattr(signal, "pthread_sigmask", None)
+    if mask is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = mask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        mask(signal.SIG_SETMASK, previous)
 
 
 def record_key(record: dict[str, Any]) -> tuple[str, str, str]:
@@ -250,10 +268,11 @@ class SampleLog:
         for key in keys:
             if key in self._keys:
                 raise ConfigError(f"sample {key[2]!r} of strategy {key[0]!r} is already in {self.path or 'the log'}")
-        if self.path is not None and lines:
-            self._write_bytes("".join(lines).encode())
-        for record in batch:
-            self._add(record, -1)
+        with _signals_deferred():  # Ctrl-C lands after the batch is on disk and counted, never in between
+            if self.path is not None and lines:
+                self._write_bytes("".join(lines).encode())
+            for record in batch:
+                self._add(record, -1)
 
     def append(self, record: dict[str, Any]) -> None:
         """Append one record (see :meth:`append_batch`)."""
