@@ -33,8 +33,6 @@ from tokred.eval.datasets import Sample, exact_match, normalize_answer
 from tokred.eval.runner import Runner
 from tokred.eval.samplelog import SampleLog
 
-__all__ = ["CompareResult", "CompareSettings", "SampleLog", "Variant", "check_model", "run_compare"]
-
 BASELINE = "none"
 Progress = Callable[[str, int, int], None]
 
@@ -164,7 +162,7 @@ def _check_hub_id(model: str) -> None:
     from huggingface_hub.errors import RepositoryNotFoundError
 
     try:
-        model_info(model, timeout=5)
+        model_info(model, timeout=3)
     except RepositoryNotFoundError:
         raise ConfigError(f"--model {model!r}: no such model on the Hugging Face hub (or it is private)") from None
     except Exception as err:  # noqa: BLE001 - any network failure means the same to the user

@@ -300,3 +300,16 @@ def test_a_resumed_run_with_other_settings_names_the_difference(tmp_path, refere
     header = json.loads(reference["log"].decode().splitlines()[0])["header"]
     with pytest.raises(ConfigError, match="max_new_tokens: 4 in the log, 8 now"):
         SampleLog(out, {**header, "max_new_tokens": 8})
+
+
+def test_ctrl_c_in_another_command_exits_130_with_one_line():
+    args = [sys.executable, "-m", "tokred", "bench", "--repeats", "50", "--layers", "2"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    assert proc.stderr is not None
+    first = proc.stderr.readline()  # "timing stock, ..." once the benchmark starts
+    assert first.startswith("timing"), first
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == ["interrupted; nothing was written"], err

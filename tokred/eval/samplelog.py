@@ -145,7 +145,10 @@ class SampleLog:
             import fcntl
         except ImportError:  # pragma: no cover - Windows: no advisory lock
             return
-        fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise OutputError(f"--output {folder}: cannot create its lock file ({err.strerror or err})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -155,9 +158,12 @@ class SampleLog:
                 f"another tokred compare (pid {holder}) is writing to {folder}; wait for it to finish or use another "
                 "--output folder"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            pass  # the pid is only a hint in the message of a refused second run
 
     def close(self) -> None:
         """Release the folder's lock (records stay on disk). Safe to call twice."""
