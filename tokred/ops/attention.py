@@ -135,13 +135,15 @@ def pagerank_importance(
             rows (uniform start over all N tokens) while hiding them as keys: pass the real tokens here and the
             still visible ones as ``key_mask``.
         temperature: Softmax temperature tau.
-        iterations: Power iterations.
+        iterations: Power iterations (>= 1).
         chunk_size: Query rows per chunk (smaller chunks follow the triangle more closely).
         max_matrix_bytes: Memory budget of the matrices built at once.
 
     Returns:
         Importance of every token, shape (B, N), float32; padding tokens score 0.
     """
+    if iterations < 1:
+        raise ValueError(f"iterations must be >= 1, got {iterations}")
     b, h, n, _ = query.shape
     group = h // key.shape[1]
     valid = torch.ones(b, n, dtype=torch.bool, device=query.device) if key_mask is None else key_mask.bool()
@@ -152,18 +154,18 @@ def pagerank_importance(
     step = max(1, min(h, max_matrix_bytes // max(1, head_bytes)))  # heads per pass
     for lo in range(0, h, step):
         heads = torch.arange(lo, min(h, lo + step), device=query.device)
-        q = query[:, heads].flatten(0, 1)  # (B*h', N, D)
-        k = key[:, heads // group].flatten(0, 1)  # (B*h', N, D)
-        blocks = _sharpened_blocks(
+        q = query[:, lo : lo + len(heads)].flatten(0, 1)  # (B*h', N, D), a view when B == 1
+        k = (key[:, lo : lo + len(heads)] if group == 1 else key[:, heads // group]).flatten(0, 1)  # (B*h', N, D)
+        pi, blocks = _sharpened_blocks(
             q,
             k,
             valid.repeat_interleave(len(heads), 0),
             scaling / temperature,
             chunk_size,
             rows.repeat_interleave(len(heads), 0),
-        )
-        pi = start.repeat_interleave(len(heads), 0)  # (B*h', N)
-        for _ in range(iterations):
+            start.repeat_interleave(len(heads), 0),
+        )  # pi: the first power iteration, fused into the pass that builds the blocks
+        for _ in range(iterations - 1):
             pi = _propagate(pi, blocks)
         sq_sum += pi.square().view(b, len(heads), n).sum(1)
         del blocks
@@ -176,12 +178,16 @@ def _sharpened_blocks(
     valid: torch.Tensor,
     scale: float,
     chunk_size: int,
-    rows: torch.Tensor | None = None,
-) -> list[tuple[int, torch.Tensor]]:
-    """Row chunks of the causal, row-stochastic ``softmax(q k^T * scale + padding mask)`` for a batch of heads.
+    rows: torch.Tensor,
+    start: torch.Tensor,
+) -> tuple[torch.Tensor, list[tuple[int, torch.Tensor, torch.Tensor]]]:
+    """Row chunks of the causal ``softmax(q k^T * scale + mask)`` for a batch of heads, and ``start @ softmax``.
 
     Rows ``[lo, hi)`` attend keys ``[0, hi)`` only, so each chunk stores just those columns; the causal mask is
     needed on the chunk's diagonal tile alone. The scale is applied inside the matrix product (BLAS ``alpha``).
+    A chunk is stored as its unnormalised exponentials ``E`` (computed in place, no second buffer) with a weight
+    per row, ``1 / rowsum`` (0 for rows that carry no mass), so ``pi M = (pi * weight) E`` needs no division pass;
+    the first power iteration is accumulated while each chunk is still in cache.
 
     Args:
         q: Queries, shape (G, N, D) (G = batch x heads).
@@ -189,17 +195,18 @@ def _sharpened_blocks(
         valid: Tokens visible as keys, shape (G, N) bool.
         scale: ``scaling / temperature``.
         chunk_size: Rows per chunk.
-        rows: Query rows that carry mass, shape (G, N) bool; ``None`` = ``valid``.
+        rows: Query rows that carry mass, shape (G, N) bool.
+        start: Initial distribution, shape (G, N).
 
     Returns:
-        ``(lo, block)`` pairs, ``block`` of shape (G, hi - lo, hi), float32; rows of non-query tokens (and rows
-        that see no key) are zero.
+        ``start M`` (G, N), and ``(lo, exp_block, weight)`` triples, ``exp_block`` of shape (G, hi - lo, hi) and
+        ``weight`` of shape (G, hi - lo), float32.
     """
     g, n, _ = q.shape
-    rows = valid if rows is None else rows
     qf, kt = q.float(), k.float().transpose(-1, -2)  # (G, N, D), (G, D, N)
     padded = not bool(valid.all() and rows.all())
     blocks = []
+    first = torch.zeros(g, n, dtype=torch.float32, device=q.device)  # (G, N)
     for lo in range(0, n, chunk_size):
         hi = min(n, lo + chunk_size)
         logits = torch.empty(g, hi - lo, hi, dtype=torch.float32, device=q.device)
@@ -208,26 +215,28 @@ def _sharpened_blocks(
         logits[:, :, lo:hi].masked_fill_(future, float("-inf"))
         if padded:
             logits.masked_fill_(~valid[:, None, :hi], float("-inf"))
-        block = torch.softmax(logits, dim=-1)  # (G, c, hi)
-        del logits
-        if padded:  # rows of non-query tokens carry no mass; rows that saw no key are NaN -> 0
-            block.nan_to_num_(0.0).mul_(rows[:, lo:hi, None])
-        blocks.append((lo, block))
-    return blocks
+        block = logits.sub_(logits.amax(dim=-1, keepdim=True)).exp_()  # (G, c, hi) unnormalised, in place
+        if padded:  # a row that saw no key is NaN: it carries no mass
+            block.nan_to_num_(0.0)
+        total = block.sum(dim=-1)  # (G, c)
+        weight = torch.where(rows[:, lo:hi] & (total > 0), 1.0 / total.clamp_min(1e-38), 0.0)  # (G, c)
+        first[:, :hi] += torch.bmm((start[:, lo:hi] * weight)[:, None], block)[:, 0]  # (G, hi)
+        blocks.append((lo, block, weight))
+    return first, blocks
 
 
-def _propagate(pi: torch.Tensor, blocks: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
+def _propagate(pi: torch.Tensor, blocks: list[tuple[int, torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     """One power-iteration step ``pi M`` over the stored row chunks of M.
 
     Args:
         pi: Current distribution, shape (G, N).
-        blocks: Output of :func:`_sharpened_blocks`.
+        blocks: The chunks from :func:`_sharpened_blocks`.
 
     Returns:
         ``pi M``, shape (G, N).
     """
     out = torch.zeros_like(pi)  # (G, N)
-    for lo, block in blocks:
+    for lo, block, weight in blocks:
         c, hi = block.shape[1], block.shape[2]
-        out[:, :hi] += torch.bmm(pi[:, None, lo : lo + c], block)[:, 0]  # (G, hi)
+        out[:, :hi] += torch.bmm((pi[:, lo : lo + c] * weight)[:, None], block)[:, 0]  # (G, hi)
     return out

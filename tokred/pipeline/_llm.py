@@ -185,12 +185,19 @@ class InLLMStage:
         return None
 
     def _prune(self, i: int, h: torch.Tensor) -> torch.Tensor:
-        """Select the tokens layer ``i`` keeps, from scores of layer ``i - 1``; returns the hidden states it gets."""
+        """Select the tokens layer ``i`` keeps, from scores of layer ``i - 1``; returns the hidden states it gets.
+
+        A layer whose budget is 0 keeps no visual token whatever the scores, so its scorer is not run (and the
+        previous layer captures nothing for it).
+        """
         st = self.state
         scorer = st.strategy.scorer
         assert scorer is not None
-        scores = scorer.score(st.score_context(i, h))  # (B, N_cur)
-        scores = check_scores(scores, h, st.cur_visual, scorer, st.allowed).float()
+        if st.budgets[i] == 0:
+            scores = torch.zeros(st.cur_visual.shape, device=h.device)  # (B, N_cur) nothing visual is kept
+        else:
+            scores = scorer.score(st.score_context(i, h))  # (B, N_cur)
+            scores = check_scores(scores, h, st.cur_visual, scorer, st.allowed).float()
         if st.allowed is not None:  # mask mode: never revive a pruned token
             scores = scores.masked_fill(~st.allowed, float("-inf"))
         local = topk_keep(scores, st.budgets[i], protected=~st.cur_visual)  # (B, K) ascending

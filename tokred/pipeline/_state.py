@@ -135,7 +135,7 @@ class RunState:
         self.prune_layers = {i for i in range(1, self.num_layers) if self.budgets[i] < self.budgets[i - 1]}
         scorer = self.strategy.scorer
         if scorer is not None and scorer.query_rows != "none":
-            self.capture_layers = {i - 1 for i in self.prune_layers}
+            self.capture_layers = {i - 1 for i in self.prune_layers if self.budgets[i] > 0}
 
     @property
     def pruning(self) -> bool:
