@@ -225,6 +225,8 @@ class SampleLog:
             if header.get(key) != fingerprint.get(key)
         ]
         what = "the dataset's content changed" if diffs and all(d.startswith("dataset") for d in diffs) else ""
+        if "dataset_sha256" in fingerprint and "dataset_sha256" not in header:
+            what = "it predates dataset hashing, so its dataset cannot be checked"
         raise ConfigError(
             f"{self.path} was written with other settings{' (' + what + ')' if what else ''}: {'; '.join(diffs)}. "
             "Use another --output folder, or delete it to start again"
