@@ -69,6 +69,21 @@ class ModelAdapter:
             and _config_get(model.config, "image_token_id", "image_token_index") is not None
         )
 
+    @classmethod
+    def contract_gap(cls, model: Any) -> str:
+        """What keeps ``model`` from the generic contract, in words (for the error of an unsupported model)."""
+        base = cls._base_model(model)
+        if not callable(getattr(base, "get_image_features", None)):
+            return (
+                "it has no get_image_features: images do not enter as placeholder tokens of a decoder-only LLM "
+                "(cross-attention, a Q-Former, an encoder-decoder or no vision input)"
+            )
+        if not callable(getattr(model, "get_decoder", None)):
+            return "it has no get_decoder()"
+        if _config_get(model.config, "image_token_id", "image_token_index") is None:
+            return "its config names no image_token_id, so tokred cannot find the visual tokens in input_ids"
+        return "no registered adapter matched it"
+
     @staticmethod
     def _base_model(model: Any) -> Any:
         base = getattr(model, "model", None)

@@ -42,10 +42,17 @@ def select_adapter(model: Any) -> Any:
     cls = get_plugin_manager().hook.tokred_model_adapter(model=model, adapters=adapters)
     if cls is None:
         raise UnsupportedModelError(
-            f"no tokred adapter handles {type(model).__name__}; supported families: {SUPPORTED_FAMILIES}. "
-            f"Registered adapters: {', '.join(registry.names())}"
+            f"no tokred adapter handles {type(model).__name__} ({_contract_gap(model)}); supported families: "
+            f"{SUPPORTED_FAMILIES}. Registered adapters: {', '.join(registry.names())}"
         )
     return cls(model)
+
+
+def _contract_gap(model: Any) -> str:
+    """Which part of the generic contract a model lacks, in words."""
+    from tokred.adapters.base import ModelAdapter
+
+    return ModelAdapter.contract_gap(model)
 
 
 class PatchHandle:

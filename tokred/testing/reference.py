@@ -1,0 +1,124 @@
+"""An explicit no-cache reference for in-LLM pruning: the unpatched decoder run layer by layer on the kept tokens.
+
+The reference never uses tokred's hooks or a KV cache: it runs the *unpatched* model once on the full sequence
+(prompt + generated tokens) to collect the decoder's inputs (embeddings, per-layer RoPE cos/sin and stock masks, and
+DeepStack features where the model has them), then runs the decoder layers by hand, each on the token subset it keeps
+(original positions), and applies the final norm and LM head to the last token. tokred's tests compare patched
+``generate()`` logits with it; plugin authors can do the same for their own scorers and schedulers.
+
+Example:
+    >>> import torch, tokred
+    >>> from tokred.testing.models import tiny_model
+    >>> from tokred.testing.reference import reference_last_logits
+    >>> model, make = tiny_model("llava")
+    >>> inputs = make()
+    >>> with tokred.patch(model, "fastv") as handle, torch.no_grad():
+    ...     logits = model(**inputs).logits[:, -1]
+    >>> ref = reference_last_logits(model, inputs, handle.stats.kept_indices, inputs["input_ids"].shape[1])
+    >>> bool((logits - ref).abs().max() < 1e-5)
+    True
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+
+from tokred.adapters import hf
+
+__all__ = ["capture_decoder_inputs", "reference_last_logits"]
+
+
+def capture_decoder_inputs(model: Any, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[Any], Any]:
+    """Run the unpatched model without cache on ``inputs``.
+
+    Returns:
+        ``(inputs_embeds (B, N, C), per-layer (position_embeddings, attention_mask), injection)`` where
+        ``injection`` is DeepStack's ``(visual mask (B, N), per-layer (V, C) features)`` or ``None``.
+    """
+    dec = model.get_decoder()
+    seen: dict[str, Any] = {}
+    layers: list[Any] = [None] * len(dec.layers)
+
+    def dec_hook(mod: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        call = hf.CallArgs(args, kwargs)
+        seen["embeds"] = call.inputs_embeds
+        if call.deepstack_embeds is not None:
+            seen["injection"] = (call.visual_pos_masks.bool(), list(call.deepstack_embeds))
+
+    def layer_hook(i: int, mod: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        call = hf.CallArgs(args, kwargs)
+        layers[i] = (call.position_embeddings, call.attention_mask)
+
+    handles = [dec.register_forward_pre_hook(dec_hook, with_kwargs=True)]
+    handles += [
+        layer.register_forward_pre_hook(functools.partial(layer_hook, i), with_kwargs=True)
+        for i, layer in enumerate(dec.layers)
+    ]
+    try:
+        with torch.no_grad():
+            model(**inputs, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen["embeds"], layers, seen.get("injection")
+
+
+def _gather(t: torch.Tensor, idx: torch.Tensor, dim: int) -> torch.Tensor:
+    """Gather positions ``idx`` (B, K) on ``dim`` of ``t`` whose batch dim is 0 (size B or 1)."""
+    b, k = idx.shape
+    if t.shape[0] == 1 and b > 1:
+        t = t.expand(b, *t.shape[1:])
+    shape = [1] * t.dim()
+    shape[0], shape[dim] = b, k
+    return t.gather(dim, idx.view(shape).expand(*t.shape[:dim], k, *t.shape[dim + 1 :]))
+
+
+def reference_last_logits(
+    model: Any, inputs: dict[str, torch.Tensor], keeps: dict[int, torch.Tensor], prompt_len: int
+) -> torch.Tensor:
+    """Logits of the last token (B, V) with layer i >= min(keeps) running only on its kept prompt tokens + the rest.
+
+    Args:
+        model: The unpatched model.
+        inputs: Forward kwargs of the full sequence (prompt + generated so far).
+        keeps: Layer -> kept original prompt indices (B, K) from that layer on (tokred's ``stats.kept_indices``).
+        prompt_len: Prompt length N; tokens after it (generated) are always kept.
+    """
+    embeds, layers, injection = capture_decoder_inputs(model, inputs)
+    b, total = embeds.shape[:2]
+    h = embeds.clone()
+    active = torch.arange(total).expand(b, total)
+    dec = model.get_decoder()
+    with torch.no_grad():
+        for i, layer in enumerate(dec.layers):
+            if i in keeps:
+                gen = torch.arange(prompt_len, total).expand(b, -1)
+                active = torch.cat([keeps[i], gen], 1)
+            h = _run_layer(layer, h, active, layers[i])
+            if injection is not None and i < len(injection[1]):  # DeepStack: features added after layer i
+                vis = injection[0]
+                h = h.clone()
+                h[vis] = h[vis] + injection[1][i]
+        last = dec.norm(h[:, -1:])
+        return model.lm_head(last)[:, -1].float()
+
+
+def _run_layer(layer: Any, h: torch.Tensor, active: torch.Tensor, side: Any) -> torch.Tensor:
+    """One decoder layer on the ``active`` (B, K) rows of ``h`` (B, N, C); returns ``h`` with those rows updated."""
+    b = h.shape[0]
+    pe, mask = side
+    pe_sub = tuple(_gather(t, active, t.dim() - 2) for t in pe)
+    if mask is None:
+        k = active.shape[1]
+        mask = torch.ones(k, k, dtype=torch.bool).tril()[None, None].expand(b, 1, k, k)
+    else:
+        mask = _gather(_gather(mask, active, 2), active, 3)
+    kwargs: dict[str, Any] = {}
+    call = hf.CallArgs((), kwargs)
+    call.attention_mask, call.position_embeddings, call.position_ids, call.cache = mask, pe_sub, None, None
+    out = layer(_gather(h, active, 1), use_cache=False, **kwargs)
+    out = out[0] if isinstance(out, tuple) else out
+    return h.scatter(1, active[:, :, None].expand(-1, -1, h.shape[-1]), out)
