@@ -124,7 +124,13 @@ class AimMerger(BaseMerger):
     stage = "pre_llm"
 
     class Config(ComponentConfig):
-        keep_ratio: float = Field(0.25, gt=0.0, le=1.0, description="Fraction of tokens per image/frame kept.")
+        keep_ratio: float = Field(
+            0.25,
+            gt=0.0,
+            le=1.0,
+            description="Fraction of tokens per image/frame kept: AIM's rounds for its schedules (0.25, 0.4375, "
+            "...), else floor(keep_ratio * N), exact.",
+        )
         order: Literal["score", "original"] = Field(
             "score", description="Order of unmerged tokens: AIM's by-similarity order, or restored spatial order."
         )
@@ -243,7 +249,8 @@ class _MergeOptions(ComponentConfig):
         0.4375,
         gt=0.0,
         le=1.0,
-        description="Fraction of tokens per image/frame kept by merging; when not given, the variant's (image 0.4375, "
+        description="Fraction of tokens per image/frame kept by merging (AIM's rounds for its schedules, else "
+        "floor(keep_ratio * N), exact); when not given, the variant's (image 0.4375, "
         "video 0.25).",
     )
     order: Literal["score", "original"] = Field("score", description="Order of unmerged tokens after merging.")
