@@ -218,8 +218,24 @@ def build_variants(settings: CompareSettings) -> list[Variant]:
         raise ConfigError(f"options given for {sorted(unknown_opts)}, which are not among the strategies {names}")
     variants = [Variant(BASELINE, tokred.create_strategy(BASELINE))]
     for name in names:
-        variants.append(Variant(name, tokred.create_strategy(name, **settings.options.get(name, {}))))
+        strategy = tokred.create_strategy(name, **settings.options.get(name, {}))
+        _probe_schedule(strategy)
+        variants.append(Variant(name, strategy))
     return variants
+
+
+_PROBE_DEPTH, _PROBE_TOKENS = 1024, 576
+
+
+def _probe_schedule(strategy: Strategy) -> None:
+    """Ask the schedule for a deep stack before any model is loaded, so that an inconsistent configuration (such as
+    ``l1 >= l2``) fails now; whether it fits the model's depth is checked when the model is patched."""
+    if strategy.scheduler is None:
+        return
+    try:
+        strategy.scheduler.budgets(_PROBE_DEPTH, _PROBE_TOKENS)
+    except ConfigError as err:
+        raise ConfigError(f"strategy '{strategy.name}': {err}") from None
 
 
 def text_config_of(model: Any) -> Any:
