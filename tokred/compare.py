@@ -202,10 +202,12 @@ def load_runner(model: str | None) -> Runner:
     try:
         hf_model = AutoModelForImageTextToText.from_pretrained(model, attn_implementation="sdpa").eval()
         processor = AutoProcessor.from_pretrained(model)
-    except (OSError, ValueError, KeyError, TypeError) as err:
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, ImportError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"--model {model!r} cannot be loaded: {first}") from None
-    return HFRunner(hf_model, processor, name=model)
+    runner = HFRunner(hf_model, processor, name=model)
+    _ = runner.image_token_id  # a model without image placeholders is refused here, not mid-run
+    return runner
 
 
 def build_variants(settings: CompareSettings) -> list[Variant]:

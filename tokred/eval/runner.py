@@ -63,7 +63,11 @@ def image_token_id_of(model: Any) -> int:
         value = getattr(cfg, key, None)
         if value is not None:
             return int(value)
-    raise ValueError(f"{type(model).__name__} has no image_token_id in its config")
+    from tokred.errors import UnsupportedModelError
+
+    raise UnsupportedModelError(
+        f"{type(model).__name__} has no image_token_id in its config, so tokred cannot find its visual tokens"
+    )
 
 
 class _ModelFacts:
