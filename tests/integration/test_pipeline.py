@@ -9,6 +9,7 @@ from conftest import reference_last_logits
 import tokred
 from tokred.adapters import hf
 from tokred.pipeline import patch
+from tokred.testing.models import tiny_model
 
 pytestmark = pytest.mark.integration
 
@@ -144,3 +145,29 @@ def test_mask_mode_matches_drop_mode_prefill(tiny):
     assert sorted(masked) == sorted(keeps) and torch.equal(keeps[first], masked[first])
     if all(torch.equal(keeps[i], masked[i]) for i in keeps):
         assert (a - b).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize(
+    "layer_types",
+    [
+        ["sliding_attention", "sliding_attention", "full_attention", "full_attention"],  # first full layer pruned
+        ["full_attention", "full_attention", "sliding_attention", "sliding_attention"],  # first sliding layer pruned
+    ],
+)
+def test_masks_sized_from_a_pruned_layer_stay_right(layer_types):
+    """transformers sizes every full-attention mask from the first full-attention layer's cache; when fastv prunes
+    that layer, decode must still see every original position (the cache is pinned to layer 0's sizes)."""
+    model, make = tiny_model("gemma3", text_layer_types=layer_types)
+    inputs = make(batch=2)
+    n = inputs["input_ids"].shape[1]
+    with patch(model, "fastv", layer=2, keep_ratio=0.5) as handle:
+        out = _generate(model, inputs)
+        keeps = handle.stats.kept_indices
+    assert min(handle.stats.tokens_per_layer) < n
+    for step, logits in enumerate(out.logits):
+        full = dict(inputs)
+        full["input_ids"] = torch.cat([inputs["input_ids"], out.sequences[:, n : n + step]], 1)
+        for key in ("attention_mask", "token_type_ids"):
+            full[key] = torch.nn.functional.pad(inputs[key], (0, step), value=1 if key == "attention_mask" else 0)
+        ref = reference_last_logits(model, full, keeps, n)
+        assert (logits - ref).abs().max().item() <= 1e-5, f"step {step}"

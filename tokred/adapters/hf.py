@@ -241,6 +241,29 @@ def is_dynamic_cache(cache: Any) -> bool:
     return isinstance(cache, DynamicCache) and all(isinstance(x, DynamicLayer) for x in cache.layers)
 
 
+def pin_mask_sizes(cache: Any, anchor: int = 0) -> None:
+    """Size every layer's attention mask (and query offset) from layer ``anchor``'s cache, on this cache object.
+
+    transformers sizes the masks of all full-attention layers from the *first full-attention layer's* cache and the
+    sliding ones from the first sliding layer's (``masking_utils.find_first_full_attention_index``,
+    ``Cache.get_mask_sizes`` / ``get_query_offset``). When that layer was pruned its cache is shorter than the
+    sequence, and the masks (which tokred gathers per layer in original coordinates) would come out too short.
+    Layer ``anchor`` (0, never pruned) holds every token; while the sequence fits every sliding window (tokred
+    refuses otherwise) its sizes are those of any layer of the unpruned model. Idempotent.
+    """
+    if getattr(cache, "_tokred_pinned", False):
+        return
+    cls = type(cache)
+
+    def get_mask_sizes(query_length: int, layer_idx: int = 0) -> tuple[int, int]:
+        return cls.get_mask_sizes(cache, query_length, anchor)
+
+    def get_query_offset(layer_idx: int = 0) -> int:
+        return cls.get_query_offset(cache, anchor)
+
+    cache.get_mask_sizes, cache.get_query_offset, cache._tokred_pinned = get_mask_sizes, get_query_offset, True
+
+
 def output_cache(outputs: Any) -> Any:
     """The KV cache of a model output (5.24 renamed the field ``past_key_values`` to ``cache``)."""
     for name in CACHE_NAMES:

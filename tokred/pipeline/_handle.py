@@ -229,6 +229,8 @@ class PatchHandle:
         """Base-model inputs of a prefill: pre-LLM reduction and the visual mask for the in-LLM stage."""
         call = hf.CallArgs((), kwargs)
         if call.cache_length() > 0:
+            if self._state.pruning and self._state.mode == "drop":  # some families build masks here, pre-decoder
+                hf.pin_mask_sizes(call.cache)
             return kwargs
         ids = call.input_ids
         st = self._state

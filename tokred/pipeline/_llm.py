@@ -96,6 +96,8 @@ class InLLMStage:
             self.injection = None
             if st.pruning:
                 self._guard_prefill(call.cache, q)
+                if call.cache is not None and st.mode == "drop":  # masks may be sized from a pruned layer
+                    hf.pin_mask_sizes(call.cache)
                 if call.attention_mask is None:  # never rely on packed-sequence detection
                     call.attention_mask = torch.ones(b, q, dtype=torch.long, device=emb.device)
                 self._take_injection(call)
@@ -110,6 +112,8 @@ class InLLMStage:
             )
         self._guard_window(past + q)
         st.decode_kv = past + q
+        if st.mode == "drop":  # the layer transformers sizes masks from may be a pruned one
+            hf.pin_mask_sizes(call.cache)
         return None
 
     def _guard_prefill(self, cache: Any, q: int) -> None:
