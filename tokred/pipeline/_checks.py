@@ -31,6 +31,16 @@ def describe_component(component: Any) -> str:
     return f"{kind} '{name}' (plugin {plugin})"
 
 
+class _Who:
+    """Formats as ``describe_component(component)``, looked up only when an error message is built."""
+
+    def __init__(self, component: Any) -> None:
+        self.component = component
+
+    def __format__(self, spec: str) -> str:
+        return describe_component(self.component)
+
+
 def check_scores(
     scores: Any, hidden: torch.Tensor, visual: torch.Tensor, scorer: Any, allowed: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -51,7 +61,7 @@ def check_scores(
             NaN scores on visual tokens.
     """
     b, n = int(hidden.shape[0]), int(hidden.shape[1])
-    who = describe_component(scorer)
+    who = _Who(scorer)
     if not torch.is_tensor(scores):
         raise PluginOutputError(f"{who} returned {type(scores).__name__}; expected a float tensor of shape ({b}, {n})")
     if tuple(scores.shape) != (b, n):
@@ -90,7 +100,7 @@ def check_merge(result: Any, x: torch.Tensor, merger: Any, grid: tuple[int, int]
         PluginOutputError: For a wrong type or shape, a dtype other than the input's, provenance out of range, NaN
             features, or a count different from the merger's own ``output_count``.
     """
-    who = describe_component(merger)
+    who = _Who(merger)
     n, c = int(x.shape[1]), int(x.shape[2])
     out, source = getattr(result, "x", None), getattr(result, "source", None)
     if not torch.is_tensor(out) or not torch.is_tensor(source):
