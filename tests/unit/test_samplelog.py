@@ -134,3 +134,11 @@ def test_output_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(OutputError, match="is a file"):
         check_output_folder(tmp_path / "f")
+
+
+def test_a_refused_log_is_left_untouched_even_with_a_torn_tail(tmp_path):
+    write_log(tmp_path, rec(0), tail='{"strategy": "no')
+    before = (tmp_path / "samples.jsonl").read_bytes()
+    with pytest.raises(ConfigError, match="other settings"):
+        SampleLog(tmp_path, {**HEADER, "model": "other"})
+    assert (tmp_path / "samples.jsonl").read_bytes() == before

@@ -123,14 +123,15 @@ class SampleLog:
     """
 
     def __init__(self, folder: Path | None, fingerprint: dict[str, Any]) -> None:
-        self.path = folder / LOG_NAME if folder is not None else None
+        self.path: Path | None = None
         self.records: list[dict[str, Any]] = []
         self.healed = 0
         self._lock_fd: int | None = None
         self._keys: dict[tuple[str, str, str], int] = {}
-        if self.path is None:
+        if folder is None:
             return
-        folder = check_output_folder(folder)  # type: ignore[arg-type]
+        folder = check_output_folder(folder)
+        self.path = folder / LOG_NAME
         self._lock(folder)
         try:
             self._open(fingerprint)
@@ -180,33 +181,34 @@ class SampleLog:
     # ------------------------------------------------------------------------------------------- read
 
     def _open(self, fingerprint: dict[str, Any]) -> None:
+        """Read the log back; only once it is known to be ours and sound, cut a torn last line off."""
         assert self.path is not None
         data = self.path.read_bytes() if self.path.exists() else b""
         end = data.rfind(b"\n") + 1  # everything after the last newline is a torn line
+        lines = data[:end].decode("utf-8", errors="replace").split("\n")[:-1]
+        if lines:
+            self._check_header(lines[0], fingerprint)
+            for lineno, line in enumerate(lines[1:], start=2):
+                self._add(self._parse(line, lineno), lineno)
         if end < len(data):
             self.healed = len(data) - end
             with self.path.open("r+b") as f:
                 f.truncate(end)
                 os.fsync(f.fileno())
-            data = data[:end]
-        if not data:
+        if not lines:
             self._write_bytes((json.dumps({"header": fingerprint}) + "\n").encode())
-            return
-        lines = data.decode("utf-8", errors="replace").split("\n")[:-1]
-        self._check_header(lines[0], fingerprint)
-        for lineno, line in enumerate(lines[1:], start=2):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ConfigError(
-                    f"{self.path} line {lineno} is corrupt ({err.msg}); delete that line (its sample is evaluated "
-                    "again) or use another --output folder"
-                ) from None
-            if not isinstance(record, dict) or "id" not in record or "strategy" not in record:
-                raise ConfigError(
-                    f"{self.path} line {lineno} is not a sample record; delete it or use another --output"
-                )
-            self._add(record, lineno)
+
+    def _parse(self, line: str, lineno: int) -> dict[str, Any]:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ConfigError(
+                f"{self.path} line {lineno} is corrupt ({err.msg}); delete that line (its sample is evaluated "
+                "again) or use another --output folder"
+            ) from None
+        if not isinstance(record, dict) or "id" not in record or "strategy" not in record:
+            raise ConfigError(f"{self.path} line {lineno} is not a sample record; delete it or use another --output")
+        return record
 
     def _check_header(self, line: str, fingerprint: dict[str, Any]) -> None:
         try:
