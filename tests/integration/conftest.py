@@ -4,13 +4,16 @@
 from __future__ import annotations
 
 import functools
+import json
+from pathlib import Path
 
 import pytest
 
 from tokred.testing.models import tiny_model
 from tokred.testing.reference import reference_last_logits  # noqa: F401  (used by the tests through conftest)
 
-FAMILIES = [
+#: Families with a hand-written tiny model (``tokred.testing.models``).
+HAND_WRITTEN = [
     "llava",
     "llava_next",
     "llava_onevision",
@@ -22,11 +25,34 @@ FAMILIES = [
     "gemma3",
     "qwen3_vl",
 ]
+SWEEP = Path(__file__).resolve().parents[2] / "docs" / "_sweep" / "sweep.json"
+
+
+def swept_families() -> list[str]:
+    """Every family the committed sweep (scripts/sweep_families.py) found WORKS on a generic tiny model and that
+    the installed transformers has: the pipeline tests run on each of them too."""
+    from tokred.testing.generic import image_text_families
+
+    results = json.loads(SWEEP.read_text())["results"] if SWEEP.exists() else []
+    have = image_text_families()
+    return [
+        r["family"]
+        for r in results
+        if r["status"] == "WORKS" and r["family"] not in HAND_WRITTEN and r["family"] in have
+    ]
+
+
+FAMILIES = HAND_WRITTEN + swept_families()
 
 
 @functools.cache
 def _cached(family: str):
-    return tiny_model(family)
+    if family in HAND_WRITTEN:
+        return tiny_model(family)
+    from tokred.testing.sweep import build_family
+
+    model, make, _ = build_family(family)
+    return model, make
 
 
 @pytest.fixture(params=FAMILIES)

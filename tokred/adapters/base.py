@@ -97,8 +97,11 @@ class ModelAdapter:
         layers = getattr(self.decoder, "layers", None)
         if not isinstance(layers, torch.nn.ModuleList) or len(layers) == 0:
             problems.append("its decoder has no 'layers' ModuleList")
-        elif not all(hasattr(layer, "self_attn") for layer in layers):  # hf.layer_attention
-            problems.append("its decoder layers have no 'self_attn' module")
+        else:  # hybrid decoders: layers typed as non-attention (layer_types) may lack self-attention
+            odd = {i for i, _ in self.non_attention_layers()}
+            missing = [i for i, layer in enumerate(layers) if not hasattr(layer, "self_attn") and i not in odd]
+            if missing:  # hf.layer_attention
+                problems.append(f"its decoder layers {missing} have no 'self_attn' module")
         if getattr(self.decoder, "rotary_emb", None) is None:
             problems.append("its decoder has no rotary embedding ('rotary_emb')")
         if not hf.accepts_mm_encoder_outputs(self.base):
@@ -127,9 +130,10 @@ class ModelAdapter:
             kinds = sorted({t for _, t in odd})
             attn = [i for i in range(self.num_layers) if i not in dict(odd)]
             reasons.append(
-                f"the decoder has {', '.join(kinds)} layers (at {[i for i, _ in odd]}) whose recurrent/convolution "
-                f"state is not a per-token KV cache, so in-LLM pruning cannot keep decode consistent; attention "
-                f"layers: {attn}. Use a pre-LLM strategy (aim-merge, pooling, random layer=0) for this model"
+                f"the decoder has {', '.join(kinds)} layers (at {[i for i, _ in odd]}) whose state (recurrent, "
+                "convolution or indexer) is not the per-token KV cache in-LLM pruning shortens, so decode after a "
+                f"pruned prefill would not stay consistent; plain attention layers: {attn}. Use a pre-LLM strategy "
+                "(aim-merge, pooling, random layer=0) for this model"
             )
         if (in_llm or pre_llm) and self.bidirectional_image_attention() and not self.handles_bidirectional:
             reasons.append("image tokens attend bidirectionally within their span and no family adapter handles it")
@@ -199,9 +203,11 @@ class ModelAdapter:
         """The decoder layers, in order."""
         return self.decoder.layers
 
-    def attention_modules(self) -> list[torch.nn.Module]:
-        """The self-attention module of every decoder layer, in order."""
-        return [hf.layer_attention(layer) for layer in self.decoder.layers]
+    def attention_modules(self) -> list[tuple[int, torch.nn.Module]]:
+        """``(layer index, self-attention module)`` of every decoder layer that has one, in order."""
+        return [
+            (i, hf.layer_attention(layer)) for i, layer in enumerate(self.decoder.layers) if hasattr(layer, "self_attn")
+        ]
 
     @property
     def pad_token_id(self) -> int:

@@ -120,7 +120,7 @@ class Gemma3Adapter(ModelAdapter):
 
     name: ClassVar[str] = "gemma3"
     families: ClassVar[str] = "Gemma3"
-    model_types: ClassVar[tuple[str, ...]] = ("gemma3",)
+    model_types: ClassVar[tuple[str, ...]] = ("gemma3", "shieldgemma2")  # ShieldGemma 2 is a Gemma3 model
     handles_bidirectional: ClassVar[bool] = True
 
     @classmethod

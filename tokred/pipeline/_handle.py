@@ -159,7 +159,7 @@ class PatchHandle:
                 f"attention implementation {requested!r} cannot be wrapped for scoring; use 'sdpa' or 'eager'"
             )
         register_attention_functions()
-        for i, attn in enumerate(self.adapter.attention_modules()):
+        for i, attn in self.adapter.attention_modules():
             attn.__dict__[CAPTURE_ATTR] = (self._state, i)
             self._undo.append(functools.partial(attn.__dict__.pop, CAPTURE_ATTR, None))
         hf.set_text_attn_implementation(self.model, name)
