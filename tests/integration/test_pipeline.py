@@ -171,3 +171,21 @@ def test_masks_sized_from_a_pruned_layer_stay_right(layer_types):
             full[key] = torch.nn.functional.pad(inputs[key], (0, step), value=1 if key == "attention_mask" else 0)
         ref = reference_last_logits(model, full, keeps, n)
         assert (logits - ref).abs().max().item() <= 1e-5, f"step {step}"
+
+
+@pytest.mark.parametrize(
+    "strategy,options",
+    [
+        ("aim", {}),
+        ("random", dict(layer=0, keep_ratio=0.5, seed=3)),
+        ("random", dict(layer=2, keep_ratio=0.5, seed=3)),
+        ("pooling", {}),
+        ("fastv", {}),
+    ],
+    ids=["aim", "random-layer0", "random-layer2", "pooling", "fastv"],
+)
+def test_qwen3_vl_batch_equals_single_runs(strategy, options):
+    """Qwen3-VL (DeepStack + M-RoPE): every common strategy, a left-padded batch of 3 equals three single runs."""
+    from conftest import _cached
+
+    test_left_padded_batch_equals_single_runs(_cached("qwen3_vl"), strategy, options)
