@@ -204,3 +204,16 @@ def test_dart_batch_equals_single_runs_in_generate():
         assert torch.equal(one_kept[0], real)
         for step, logits in enumerate(out.logits):
             assert (logits[b] - one.logits[step][0]).abs().max().item() <= 1e-5
+
+
+def test_cdpruner_conditions_every_image_on_its_own_samples_prompt():
+    model, make = _llava()
+    inputs = make(batch=2, num_images=2, seed=8)  # images 0, 1 belong to sample 0; 2, 3 to sample 1
+    _, kept, stats = _run(model, inputs, "cdpruner", {"keep_ratio": 0.3, "relevance_weight": 1.0})
+    feats = _image_features(model, inputs)
+    texts = _mean_text_embeddings(model, inputs)
+    k = keep_count(feats[0].shape[0], 0.3, "round")
+    assert [s for s, _ in stats.visual_provenance] == [0, 0, 1, 1]
+    for image, (got, f) in enumerate(zip(kept, feats)):
+        kernel = ref_cdpruner_kernel(f.numpy(), texts[image // 2].numpy(), 1.0)
+        assert got == sorted(ref_dpp_greedy(kernel, k))
