@@ -271,3 +271,19 @@ def test_exact_match():
     assert not exact_match("circles", ["circle"])
     assert exact_match("blue", ["red", "Blue"])
     assert not exact_match("", ["red"])
+
+
+def test_runner_grid_comes_from_the_processed_image_size():
+    """The grid a runner reports is the processor's output size over the patch size, not the tower config's
+    resolution (the reference model's DINOv2 config says 518 px; its processor crops 224 px)."""
+    from types import SimpleNamespace
+
+    from tokred.eval.runner import HFRunner
+    from tokred.testing.models import tiny_model
+
+    model, _ = tiny_model("llava")  # tower: 32 px, patch 4
+    crop = SimpleNamespace(do_center_crop=True, crop_size={"height": 24, "width": 16}, do_resize=False)
+    assert HFRunner(model, SimpleNamespace(image_processor=crop)).image_grid == (6, 4)
+    resize = SimpleNamespace(do_center_crop=False, do_resize=True, size=SimpleNamespace(height=16, width=16))
+    assert HFRunner(model, SimpleNamespace(image_processor=resize)).image_grid == (4, 4)
+    assert HFRunner(model, SimpleNamespace()).image_grid == (8, 8)  # no processor settings: the tower's own size

@@ -92,6 +92,20 @@ class HFRunner(_ModelFacts):
     processor: Any
     name: str = "model"
 
+    @property
+    def image_grid(self) -> tuple[int, int] | None:
+        """Token grid of the images this runner's processor produces: the processed size (centre crop, else the
+        resize target) over the tower's patch size; the tower config's own size when the processor does not say.
+
+        The tower's config may name another resolution than the processor uses (the reference model's DINOv2 says
+        518 px, its processor crops 224 px: a 16 x 16 grid, not 37 x 37)."""
+        vision = getattr(self.model.config, "vision_config", None)
+        patch = getattr(vision, "patch_size", None)
+        size = _processed_size(getattr(self.processor, "image_processor", None))
+        if size is not None and isinstance(patch, int) and patch > 0:
+            return size[0] // patch, size[1] // patch
+        return _square_grid(self.model)
+
     def encode(self, samples: Sequence[Sample]) -> dict[str, torch.Tensor]:
         prompts = [self._prompt(s) for s in samples]
         self.processor.tokenizer.padding_side = "left"
@@ -125,6 +139,20 @@ class TinyRunner(_ModelFacts):
 
     def decode(self, generated: torch.Tensor) -> list[str]:
         return [str(int(row[0]) % 5) for row in generated]
+
+
+def _processed_size(image_processor: Any) -> tuple[int, int] | None:
+    """(height, width) of the images an image processor outputs, when its settings say (crop, else fixed size)."""
+    if image_processor is None:
+        return None
+    for flag, attr in (("do_center_crop", "crop_size"), ("do_resize", "size")):
+        value = getattr(image_processor, attr, None)
+        if getattr(image_processor, flag, False) and value is not None:
+            get = value.get if isinstance(value, dict) else lambda k, v=value: getattr(v, k, None)
+            h, w = get("height"), get("width")
+            if isinstance(h, int) and isinstance(w, int):
+                return h, w
+    return None
 
 
 def _square_grid(model: Any) -> tuple[int, int] | None:
