@@ -52,7 +52,7 @@ class ModelAdapter:
     def __init__(self, model: Any) -> None:
         self.model = model
         self.base = self._base_model(model)
-        self.decoder = model.get_decoder()
+        self.decoder = self._find_decoder(model)
         self.config = model.config
         self.text_config = model.config.get_text_config()
         self.check_structure()
@@ -83,6 +83,18 @@ class ModelAdapter:
         if _config_get(model.config, "image_token_id", "image_token_index") is None:
             return "its config names no image_token_id, so tokred cannot find the visual tokens in input_ids"
         return "no registered adapter matched it"
+
+    @staticmethod
+    def _find_decoder(model: Any) -> Any:
+        """``model.get_decoder()``, unwrapped once when it returns a causal-LM wrapper around the decoder (Llama 4's
+        ``language_model`` is a ``...ForCausalLM``)."""
+        decoder = model.get_decoder()
+        inner = getattr(decoder, "model", None)
+        if not isinstance(getattr(decoder, "layers", None), torch.nn.ModuleList) and isinstance(
+            getattr(inner, "layers", None), torch.nn.ModuleList
+        ):
+            return inner
+        return decoder
 
     @staticmethod
     def _base_model(model: Any) -> Any:
@@ -130,10 +142,10 @@ class ModelAdapter:
             kinds = sorted({t for _, t in odd})
             attn = [i for i in range(self.num_layers) if i not in dict(odd)]
             reasons.append(
-                f"the decoder has {', '.join(kinds)} layers (at {[i for i, _ in odd]}) whose state (recurrent, "
-                "convolution or indexer) is not the per-token KV cache in-LLM pruning shortens, so decode after a "
-                f"pruned prefill would not stay consistent; plain attention layers: {attn}. Use a pre-LLM strategy "
-                "(aim-merge, pooling, random layer=0) for this model"
+                f"the decoder has {', '.join(kinds)} layers (at {[i for i, _ in odd]}) whose cache (recurrent, "
+                "convolution, indexer or chunked state) is not the plain per-token KV cache in-LLM pruning shortens, "
+                f"so decode after a pruned prefill would not stay consistent; plain attention layers: {attn}. Use a "
+                "pre-LLM strategy (aim-merge, pooling, random layer=0) for this model"
             )
         if (in_llm or pre_llm) and self.bidirectional_image_attention() and not self.handles_bidirectional:
             reasons.append("image tokens attend bidirectionally within their span and no family adapter handles it")
