@@ -110,13 +110,9 @@ class DartStrategy(Strategy):
     paper = "DART, arXiv:2502.11494"
     budget_knob = "keep_ratio"
 
-    class Config(ComponentConfig):
-        layer: int = Field(2, ge=1, description="K (pruned_layer): first 0-indexed decoder layer with the reduced set.")
-        keep_ratio: float = Field(0.25, ge=0.0, le=1.0, description="Fraction of visual tokens kept (1 - reduction).")
-        pivot_image_token: int = Field(4, ge=1, le=64, description="Image pivots (kept, each adds its quota).")
-        pivot_text_token: int = Field(4, ge=0, le=64, description="Text pivots after the image (each adds its quota).")
+    Config = DartScheduler.Config  # the scheduler's budget options are the strategy's (the scorer gets the same)
 
-    config: DartStrategy.Config
+    config: DartScheduler.Config
 
     def build(self) -> tuple[BaseMerger | None, BaseScorer | None, BaseScheduler | None]:
         c = self.config
