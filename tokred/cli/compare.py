@@ -72,7 +72,7 @@ def compare_command(
         list[str], typer.Option("--strategies", "-s", help="Strategies, e.g. aim,fastv (the baseline is added).")
     ] = ["aim,fastv"],  # noqa: B006 - typer needs a literal default
     model: Annotated[str | None, typer.Option(help="Model path or hub id; default: built-in reference model.")] = None,
-    dataset: Annotated[str, typer.Option(help="'shapes' (built-in) or a JSONL file.")] = "shapes",
+    dataset: Annotated[str, typer.Option(help="'shapes', 'shapes-video' (built-in) or a JSONL file.")] = "shapes",
     split: Annotated[str, typer.Option(help="Split of the built-in benchmark.")] = "test",
     limit: Annotated[int | None, typer.Option(help="Evaluate the first N samples.")] = 300,
     batch_size: Annotated[int, typer.Option(help="Samples per generate() call.")] = 8,

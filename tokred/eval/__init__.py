@@ -14,6 +14,7 @@ _EXPORTS = {
     "JsonlDataset": "tokred.eval.datasets",
     "Sample": "tokred.eval.datasets",
     "ShapesDataset": "tokred.eval.datasets",
+    "ShapesVideoDataset": "tokred.eval.datasets",
     "exact_match": "tokred.eval.datasets",
     "load_dataset": "tokred.eval.datasets",
     "normalize_answer": "tokred.eval.datasets",

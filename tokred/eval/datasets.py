@@ -1,4 +1,4 @@
-"""One dataset interface for evaluation: the built-in ``shapes`` benchmark and user JSONL files.
+"""One dataset interface for evaluation: the built-in ``shapes`` and ``shapes-video`` benchmarks and user JSONL files.
 
 A user JSONL file holds one object per line::
 
@@ -26,7 +26,7 @@ from typing import Protocol, runtime_checkable
 from PIL import Image
 
 from tokred.errors import TokredError
-from tokred.eval import shapes
+from tokred.eval import shapes, shapes_video
 
 __all__ = [
     "Dataset",
@@ -35,6 +35,7 @@ __all__ = [
     "LineError",
     "Sample",
     "ShapesDataset",
+    "ShapesVideoDataset",
     "exact_match",
     "load_dataset",
     "normalize_answer",
@@ -51,6 +52,7 @@ class Sample:
         answers: Accepted answers (any one, after normalisation, counts as correct).
         qtype: Question type (``"colour"``, ... for ``shapes``; ``"default"`` when a JSONL line has none).
         id: Stable identifier.
+        frames: The frames of a video sample, in order (``image`` is then the first frame); ``None`` for an image.
     """
 
     image: Image.Image
@@ -58,6 +60,7 @@ class Sample:
     answers: list[str]
     qtype: str
     id: str
+    frames: list[Image.Image] | None = None
 
 
 @runtime_checkable
@@ -150,6 +153,60 @@ class ShapesDataset:
     def chance_levels(self) -> dict[str, dict[str, float]]:
         """Chance levels per question type on this split (see :func:`tokred.eval.shapes.chance_levels`)."""
         return shapes.chance_levels(self.questions())
+
+
+class ShapesVideoDataset:
+    """A split of the built-in ``shapes-video`` benchmark (frames are rendered on access).
+
+    Args:
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        limit: Keep only the first ``limit`` items.
+        seed: Benchmark seed.
+        frames: Frames per clip (8-16).
+    """
+
+    def __init__(
+        self,
+        split: str = "test",
+        limit: int | None = None,
+        seed: int = shapes_video.DEFAULT_SEED,
+        frames: int = shapes_video.DEFAULT_FRAMES,
+    ) -> None:
+        start, count = shapes_video.split_items(split)
+        if not shapes_video.MIN_FRAMES <= frames <= shapes_video.MAX_FRAMES:
+            raise ValueError(f"frames={frames} is outside {shapes_video.MIN_FRAMES}..{shapes_video.MAX_FRAMES}")
+        self.name = f"shapes-video:{split}"
+        self.split, self.seed, self.frames, self.start = split, seed, frames, start
+        self.count = count if limit is None else max(0, min(limit, count))
+
+    def __len__(self) -> int:
+        """Number of samples."""
+        return self.count
+
+    def item(self, i: int) -> tuple[shapes_video.Clip, shapes.ShapesQuestion]:
+        """The clip and question of sample ``i``."""
+        if not 0 <= i < self.count:
+            raise IndexError(i)
+        return shapes_video.item(self.start + i, self.seed, self.frames)
+
+    def __getitem__(self, i: int) -> Sample:
+        """Sample ``i`` (``frames`` holds the clip, ``image`` its first frame)."""
+        clip, q = self.item(i)
+        frames = shapes_video.render_clip(clip)
+        return Sample(frames[0], q.question, [q.answer], q.qtype, f"shapes-video-{self.start + i}", frames)
+
+    def __iter__(self) -> Iterator[Sample]:
+        """Iterate over the samples in order."""
+        for i in range(self.count):
+            yield self[i]
+
+    def questions(self) -> list[shapes.ShapesQuestion]:
+        """All questions (without rendering frames)."""
+        return [self.item(i)[1] for i in range(self.count)]
+
+    def chance_levels(self) -> dict[str, dict[str, float]]:
+        """Chance levels per question type on this split (see :func:`tokred.eval.shapes_video.chance_levels`)."""
+        return shapes_video.chance_levels(self.questions())
 
 
 @dataclass
@@ -284,21 +341,24 @@ def _image_problem(path: Path) -> str:
     return ""
 
 
-def dataset_hash(dataset: ShapesDataset | JsonlDataset) -> str:
+def dataset_hash(dataset: ShapesDataset | ShapesVideoDataset | JsonlDataset) -> str:
     """A content hash of the dataset: the JSONL file's bytes, or the built-in benchmark's split and seed."""
     if isinstance(dataset, JsonlDataset):
         return dataset.sha256
+    if isinstance(dataset, ShapesVideoDataset):
+        return hashlib.sha256(f"shapes-video:{dataset.split}:{dataset.seed}:{dataset.frames}".encode()).hexdigest()
     return hashlib.sha256(f"shapes:{dataset.split}:{dataset.seed}".encode()).hexdigest()
 
 
 def load_dataset(
     name_or_path: str | Path, split: str = "test", limit: int | None = None, *, strict: bool = False
-) -> ShapesDataset | JsonlDataset:
-    """Load the built-in ``shapes`` benchmark or a user JSONL file.
+) -> ShapesDataset | ShapesVideoDataset | JsonlDataset:
+    """Load a built-in benchmark (``shapes``, ``shapes-video``) or a user JSONL file.
 
     Args:
-        name_or_path: ``"shapes"`` (optionally ``"shapes:val"``) or the path of a ``.jsonl`` file.
-        split: Split of ``shapes`` (ignored for JSONL files).
+        name_or_path: ``"shapes"`` or ``"shapes-video"`` (optionally with a split: ``"shapes:val"``,
+            ``"shapes-video:test"``) or the path of a ``.jsonl`` file.
+        split: Split of a built-in benchmark (ignored for JSONL files).
         limit: Keep only the first ``limit`` samples.
         strict: For JSONL, raise :class:`DatasetError` listing the bad lines instead of skipping them.
 
@@ -310,7 +370,14 @@ def load_dataset(
     """
     name = str(name_or_path)
     if not name.strip():
-        raise DatasetError("--dataset is empty: use 'shapes' (built-in) or the path of a .jsonl file")
+        raise DatasetError("--dataset is empty: use 'shapes' or 'shapes-video' (built-in) or the path of a .jsonl file")
+    if name == "shapes-video" or name.startswith("shapes-video:"):
+        if ":" in name:
+            split = name.split(":", 1)[1]
+        try:
+            return ShapesVideoDataset(split=split, limit=limit)
+        except ValueError as e:
+            raise DatasetError(f"dataset shapes-video: {e}") from None
     if name == "shapes" or name.startswith("shapes:"):
         if ":" in name:
             split = name.split(":", 1)[1]
@@ -320,7 +387,9 @@ def load_dataset(
             raise DatasetError(f"dataset shapes: {e}") from None
     path = Path(name)
     if not path.exists():
-        raise DatasetError(f"unknown dataset {name!r}: not a built-in name (available: shapes) and no such file")
+        raise DatasetError(
+            f"unknown dataset {name!r}: not a built-in name (available: shapes, shapes-video) and no such file"
+        )
     ds = JsonlDataset(path, limit=limit)
     if strict and ds.errors:
         detail = "; ".join(str(e) for e in ds.errors[:20])

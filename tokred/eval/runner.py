@@ -109,11 +109,13 @@ class HFRunner(_ModelFacts):
     def encode(self, samples: Sequence[Sample]) -> dict[str, torch.Tensor]:
         prompts = [self._prompt(s) for s in samples]
         self.processor.tokenizer.padding_side = "left"
-        batch = self.processor(text=prompts, images=[s.image for s in samples], return_tensors="pt", padding=True)
+        images = [f for s in samples for f in (s.frames or [s.image])]  # a video's frames enter as a sequence of images
+        batch = self.processor(text=prompts, images=images, return_tensors="pt", padding=True)
         return {k: v.to(self.model.device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
 
     def _prompt(self, sample: Sample) -> str:
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question_text(sample)}]}]
+        slots: list[dict[str, str]] = [{"type": "image"} for _ in sample.frames or [sample.image]]
+        messages = [{"role": "user", "content": [*slots, {"type": "text", "text": question_text(sample)}]}]
         return str(self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
 
     def decode(self, generated: torch.Tensor) -> list[str]:

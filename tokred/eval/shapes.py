@@ -422,7 +422,7 @@ def iter_split(
         yield item(i, seed)
 
 
-def chance_levels(questions: Sequence[ShapesQuestion]) -> dict[str, dict[str, float]]:
+def chance_levels(questions: Sequence[ShapesQuestion], qtypes: Sequence[str] = QTYPES) -> dict[str, dict[str, float]]:
     """Chance levels per question type, computed on the answers actually produced.
 
     ``majority`` is the accuracy of always giving the most frequent answer of each answer-option group (e.g. a
@@ -431,6 +431,7 @@ def chance_levels(questions: Sequence[ShapesQuestion]) -> dict[str, dict[str, fl
 
     Args:
         questions: The questions of a split.
+        qtypes: The question types, in report order (the video benchmark passes its own).
 
     Returns:
         ``{qtype: {"majority": p, "uniform": p, "n": count}}`` plus an ``"overall"`` entry (macro over types
@@ -440,7 +441,7 @@ def chance_levels(questions: Sequence[ShapesQuestion]) -> dict[str, dict[str, fl
     for q in questions:
         by_type[q.qtype][q.template][q.answer] += 1
     out: dict[str, dict[str, float]] = {}
-    for qtype in QTYPES:
+    for qtype in qtypes:
         groups = by_type.get(qtype)
         if not groups:
             continue
