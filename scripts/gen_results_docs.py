@@ -32,6 +32,7 @@ STRATEGIES = (
     "divprune",
     "cdpruner",
     "dart",
+    "pyramiddrop",
     "none",
 )
 

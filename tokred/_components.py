@@ -249,11 +249,16 @@ class BaseScorer(BaseComponent):
     ``query_rows`` tells the pipeline which attention query rows to capture at the scoring layer: ``"none"`` (the
     scorer reads features or hidden states only), ``"last"`` (the last token), ``"text"`` (all non-visual tokens) or
     ``"all"`` (every token; scorers must then process them in chunks to bound memory). The pipeline never asks the
-    model for ``output_attentions``.
+    model for ``output_attentions``. ``scores_own_layer = True`` moves the capture from layer ``l - 1`` to a
+    projection-only pass of pruning layer ``l`` itself (``ScoreContext.layer`` is then ``l``).
     """
 
     kind: ClassVar[Kind] = "scorer"
     query_rows: ClassVar[QueryRows] = "none"
+    #: ``True``: the scores of pruning layer ``l`` come from layer ``l``'s *own* input norm, query/key projections
+    #: and RoPE applied to its input (PyramidDrop), computed before the layer runs on the reduced set; ``False``
+    #: (default): from layer ``l - 1``'s attention as that layer ran (FastV).
+    scores_own_layer: ClassVar[bool] = False
 
     def score(self, ctx: ScoreContext) -> torch.Tensor:
         """Score tokens.
@@ -367,6 +372,12 @@ class Strategy(BaseComponent):
     def prune_mode(self) -> str:
         """How in-LLM pruning is realised: ``"drop"`` (real dropping, default) or ``"mask"`` (parity studies)."""
         return str(getattr(self.config, "mode", "drop"))
+
+    @property
+    def position_policy(self) -> str:
+        """Positions of the tokens after an in-LLM drop: ``"original"`` (default: kept tokens keep theirs) or
+        ``"reindex"`` (``0..n-1`` over the kept tokens after every drop, as PyramidDrop's reference)."""
+        return str(getattr(self.config, "positions", "original"))
 
     def with_budget(self, value: float) -> Strategy:
         """A copy of this strategy with its budget knob set to ``value``."""

@@ -38,6 +38,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "tokred.strategies.divprune",
     "tokred.strategies.cdpruner",
     "tokred.strategies.dart",
+    "tokred.strategies.pyramiddrop",
     "tokred.adapters",
 )
 

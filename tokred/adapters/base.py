@@ -289,6 +289,12 @@ class ModelAdapter:
         norm = getattr(self.decoder, "norm", None)
         return norm if isinstance(norm, torch.nn.Module) else None
 
+    def rope(self, x: torch.Tensor, position_ids: torch.Tensor, layer: int) -> Any:
+        """The decoder's RoPE ``(cos, sin)`` at ``position_ids`` (B, K) for decoder layer ``layer`` (its layer type
+        picks the table where the family has several), in ``x``'s dtype."""
+        types = list(getattr(self.text_config, "layer_types", None) or [])
+        return hf.rotary_embeddings(self.decoder, x, position_ids, types[layer] if layer < len(types) else None)
+
     def text_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
         """The LLM input embeddings of ``input_ids`` (B, N), shape (B, N, C): the model's own input embedding layer,
         with any scaling it applies (what the decoder would receive for these tokens)."""

@@ -376,6 +376,32 @@ def layer_attention(layer: torch.nn.Module) -> torch.nn.Module:
     return attn
 
 
+#: Name of the norm a decoder layer applies to its input before self-attention (every 5.x pre-norm decoder).
+INPUT_NORM = "input_layernorm"
+
+
+def layer_input_norm(layer: torch.nn.Module) -> torch.nn.Module | None:
+    """The norm a decoder layer applies to its input before self-attention, or ``None`` if it has none by name."""
+    norm = getattr(layer, INPUT_NORM, None)
+    return norm if isinstance(norm, torch.nn.Module) else None
+
+
+def call_self_attention(attn: torch.nn.Module, hidden: torch.Tensor, layer_kwargs: dict[str, Any]) -> Any:
+    """Call a decoder layer's self-attention module as the layer does: on ``hidden`` (already input-normed) with the
+    layer call's keywords (position embeddings, mask, position ids), without a cache."""
+    kwargs = {k: v for k, v in layer_kwargs.items() if k not in (*CACHE_NAMES, "hidden_states", "use_cache")}
+    return attn(hidden_states=hidden, **kwargs)
+
+
+def rotary_embeddings(decoder: Any, x: torch.Tensor, position_ids: torch.Tensor, layer_type: str | None) -> Any:
+    """The decoder's RoPE ``(cos, sin)`` for ``position_ids`` (B, K), as its forward computes them for the layers;
+    families with per-layer-type rotary tables (Gemma3: ``rotary_emb(x, position_ids, layer_type)``) get the type."""
+    rope = decoder.rotary_emb
+    if layer_type is not None and "layer_type" in inspect.signature(rope.forward).parameters:
+        return rope(x, position_ids, layer_type)
+    return rope(x, position_ids)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Generation
 # ----------------------------------------------------------------------------------------------------------------

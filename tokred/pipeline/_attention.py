@@ -23,12 +23,22 @@ CAPTURE_ATTR = "_tokred_capture"
 _registered = False
 
 
+class ProbeDone(Exception):  # noqa: N818 - control flow, not an error
+    """Raised by the attention function once a projection-only pass has captured its queries and keys, so that the
+    attention itself (and the output projection) never runs for it."""
+
+
 def _capture(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, kwargs: dict[str, Any]) -> None:
     tag = module.__dict__.get(CAPTURE_ATTR)
     if tag is None:
         return
     state, layer = tag
-    if state.phase == "prefill" and layer in state.capture_layers and query.shape[2] == key.shape[2]:
+    if state.phase != "prefill" or query.shape[2] != key.shape[2]:
+        return
+    if state.probing == layer:
+        state.capture(layer, query, key, hf.attention_scaling(module, kwargs, query.shape[-1]))
+        raise ProbeDone
+    if layer in state.capture_layers:
         state.capture(layer, query, key, hf.attention_scaling(module, kwargs, query.shape[-1]))
 
 

@@ -310,6 +310,15 @@ def _check_model_argument(model: Any) -> None:
         )
 
 
+def _check_position_policy(strategy: Strategy) -> None:
+    """Refuse an unknown position policy, and ``reindex`` where tokens are masked rather than dropped."""
+    policy = strategy.position_policy
+    if policy not in ("original", "reindex"):
+        raise ConfigError(f"unknown position policy {policy!r}; use 'original' or 'reindex'")
+    if policy == "reindex" and strategy.prune_mode != "drop":
+        raise ConfigError("positions='reindex' renumbers the tokens left after a drop; it needs mode='drop'")
+
+
 def patch(
     model: Any, strategy: str | Strategy = "none", *, attn_implementation: str | None = None, **options: Any
 ) -> PatchHandle:
@@ -349,7 +358,13 @@ def patch(
         raise TokredError(f"this model is already patched ({existing!r}); call remove() on that handle first")
     if strat.prune_mode not in ("drop", "mask"):
         raise ConfigError(f"unknown prune mode {strat.prune_mode!r}; use 'drop' or 'mask'")
+    _check_position_policy(strat)
     adapter = select_adapter(model)
+    if strat.position_policy == "reindex" and strat.scheduler is not None and adapter.uses_mrope():
+        raise UnsupportedModelError(
+            f"strategy '{strat.name}' asks for positions='reindex', but {type(model).__name__} uses multi-axis M-RoPE "
+            "positions, which tokred does not renumber; use positions='original'"
+        )
     check_schedule_depth(strat, adapter.num_layers)
     merger = strat.merger
     reasons = (

@@ -22,8 +22,9 @@ import torch
 from torch.utils.hooks import RemovableHandle
 
 from tokred.adapters import hf
-from tokred.errors import UnsupportedModeError
+from tokred.errors import UnsupportedModeError, UnsupportedModelError
 from tokred.ops import gather_tokens, topk_keep
+from tokred.pipeline._attention import ProbeDone
 from tokred.pipeline._checks import check_scores
 from tokred.pipeline._state import RunState
 
@@ -172,10 +173,12 @@ class InLLMStage:
         call = hf.CallArgs(args, kwargs)
         if st.phase == "prefill":
             if i in st.prune_layers:
+                if i in st.probe_layers:
+                    self._probe(i, module, call)
                 call.hidden_states = self._prune(i, call.hidden_states)
             st.record_layer(i, call.hidden_states.shape[1])
             if st.keep is not None:
-                self._gather_prefill(call, st.keep)
+                self._gather_prefill(call, st.keep, i, call.hidden_states)
             elif st.allowed is not None:
                 self._mask_keys(call, st.allowed, prefill=True)
             return call.result()
@@ -183,6 +186,8 @@ class InLLMStage:
             keep, allowed = st.layer_keep[i], st.layer_allowed[i]
             if keep is not None:
                 self._gather_decode(call, keep)
+                if st.positions == "reindex":
+                    self._reindex_decode(call, keep, i)
             elif allowed is not None:
                 self._mask_keys(call, allowed, prefill=False)
             return call.result()
@@ -204,7 +209,7 @@ class InLLMStage:
             scores = check_scores(scores, h, st.cur_visual, scorer, st.allowed).float()
         if st.allowed is not None:  # mask mode: never revive a pruned token
             scores = scores.masked_fill(~st.allowed, float("-inf"))
-        local = topk_keep(scores, st.budgets[i], protected=~st.cur_visual)  # (B, K) ascending
+        local = topk_keep(scores, self._count(i, scores), protected=~st.cur_visual)  # (B, K) ascending
         if st.mode == "mask":
             base = st.allowed if st.allowed is not None else torch.ones_like(st.cur_visual)
             st.allowed = torch.zeros_like(base).scatter(1, local, True) & base
@@ -216,22 +221,102 @@ class InLLMStage:
         st.cur_pad = st.cur_pad.gather(1, local)
         return gather_tokens(h, local)  # (B, K, C)
 
-    def _gather_prefill(self, call: hf.CallArgs, keep: torch.Tensor) -> None:
-        n = self.state.prompt_len
-        pe = call.position_embeddings
-        if isinstance(pe, tuple):  # (cos, sin), sequence on dim -2
-            call.position_embeddings = tuple(
-                gather_seq(t, keep, -2) if torch.is_tensor(t) and t.shape[-2] == n else t for t in pe
+    def _probe(self, i: int, layer: Any, call: hf.CallArgs) -> None:
+        """Projection-only pass of pruning layer ``i`` on its (not yet reduced) input, for own-layer scorers.
+
+        Runs the layer's input norm and its self-attention module as the layer would, on the current token set with
+        its current positions; tokred's attention function captures the post-RoPE queries and keys and stops the
+        module (``ProbeDone``) before the attention and output projection run. No cache is touched.
+        """
+        st = self.state
+        norm = hf.layer_input_norm(layer)
+        if norm is None:
+            name = getattr(st.strategy.scorer, "name", "?")
+            raise UnsupportedModelError(
+                f"scorer '{name}' scores decoder layer {i} with its own input norm, but "
+                f"{type(layer).__name__} has no '{hf.INPUT_NORM}'; use a strategy that scores the previous layer's "
+                "attention (fastv)"
             )
-        pid = call.position_ids
-        if torch.is_tensor(pid) and pid.shape[-1] == n:
-            call.position_ids = gather_seq(pid, keep, -1)
+        h = call.hidden_states
+        probe = hf.CallArgs((), dict(call.kwargs))
+        if st.keep is not None:
+            self._gather_prefill(probe, st.keep, i, h)
+        st.probing = i
+        try:
+            hf.call_self_attention(hf.layer_attention(layer), norm(h), probe.kwargs)
+        except ProbeDone:
+            return
+        finally:
+            st.probing = None
+        raise UnsupportedModeError(
+            f"the scoring pass of decoder layer {i} never reached tokred's attention function, so its queries and keys "
+            "were not captured; load the model with attn_implementation='sdpa' or 'eager'"
+        )
+
+    def _count(self, i: int, scores: torch.Tensor) -> int:
+        """Visual tokens layer ``i`` keeps: its budget, or for a self-sizing scheduler (``adaptive``) at most the
+        visual tokens the scorer scored finite (the same count in every row)."""
+        st = self.state
+        if not getattr(st.strategy.scheduler, "adaptive", False):
+            return st.budgets[i]
+        finite = (torch.isfinite(scores) & st.cur_visual).sum(dim=1)  # (B,)
+        if bool((finite != finite[0]).any()):
+            raise UnsupportedModeError(
+                f"the scorer kept different visual counts per sample at layer {i} ({finite.tolist()}); a self-sizing "
+                "schedule needs one sample per batch"
+            )
+        return min(st.budgets[i], int(finite[0]))
+
+    def _gather_prefill(self, call: hf.CallArgs, keep: torch.Tensor, layer: int, h: torch.Tensor) -> None:
+        n = self.state.prompt_len
+        if self.state.positions == "reindex":
+            self._reindex_prefill(call, keep, layer, h)
+        else:
+            pe = call.position_embeddings
+            if isinstance(pe, tuple):  # (cos, sin), sequence on dim -2
+                call.position_embeddings = tuple(
+                    gather_seq(t, keep, -2) if torch.is_tensor(t) and t.shape[-2] == n else t for t in pe
+                )
+            pid = call.position_ids
+            if torch.is_tensor(pid) and pid.shape[-1] == n:
+                call.position_ids = gather_seq(pid, keep, -1)
         mask = call.attention_mask
         if torch.is_tensor(mask):
             if mask.dim() == 4:
                 call.attention_mask = gather_seq(gather_seq(mask, keep, -1, -4), keep, -2, -4)
             elif mask.dim() == 2:
                 call.attention_mask = gather_seq(mask, keep, -1)
+
+    def _reindex_positions(self, pid: Any, width: int, what: str) -> torch.Tensor:
+        """The layer call's 1-D position ids (B|1, width), or one clear error for what ``reindex`` cannot renumber."""
+        if not (torch.is_tensor(pid) and pid.dim() == 2 and pid.shape[-1] == width):
+            shape = None if not torch.is_tensor(pid) else tuple(pid.shape)
+            raise UnsupportedModeError(
+                f"positions='reindex' renumbers 1-D position ids, but the decoder passed {shape} to its layers in "
+                f"{what} (expected (B, {width})); use positions='original'"
+            )
+        return pid
+
+    def _reindex_prefill(self, call: hf.CallArgs, keep: torch.Tensor, layer: int, h: torch.Tensor) -> None:
+        """Positions ``0..n-1`` over the kept tokens: each real kept token moves down by the prompt tokens dropped
+        before it (``keep[j] - j``, as ``keep`` is ascending in original coordinates); padding keeps its own. RoPE
+        cos/sin are recomputed by the decoder's rotary embedding at the new positions."""
+        pid = self._reindex_positions(call.position_ids, self.state.prompt_len, "the prefill")
+        orig = gather_seq(pid, keep, -1)  # (B, K)
+        dropped = keep - torch.arange(keep.shape[1], device=keep.device)  # (B, K) tokens dropped before each one
+        real = self.state.cur_pad.to(keep.device)  # (B, K) aligned with keep
+        new = torch.where(real, orig - dropped, orig)  # (B, K)
+        call.position_ids = new
+        if isinstance(call.position_embeddings, tuple):
+            call.position_embeddings = self.adapter.rope(h, new, layer)
+
+    def _reindex_decode(self, call: hf.CallArgs, keep: torch.Tensor, layer: int) -> None:
+        """A decode step under ``reindex``: the new token's position minus the prompt tokens this layer dropped."""
+        pid = self._reindex_positions(call.position_ids, 1, "a decode step")
+        new = pid - (self.state.prompt_len - keep.shape[1])  # (B|1, 1)
+        call.position_ids = new
+        if isinstance(call.position_embeddings, tuple):
+            call.position_embeddings = self.adapter.rope(call.hidden_states, new, layer)
 
     def _kv_map(self, keep: torch.Tensor, kv: int) -> torch.Tensor:
         """Original key positions a pruned layer holds in decode: its kept prompt tokens, then the generated ones."""

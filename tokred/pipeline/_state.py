@@ -57,6 +57,8 @@ class RunState:
         self.strategy = strategy
         self.num_layers = num_layers
         self.mode = strategy.prune_mode
+        self.positions = strategy.position_policy
+        self.probing: int | None = None  # layer whose projection-only pass is running (own-layer scorers)
         self.stats = ReductionStats()
         self.phase = "idle"
         # set by the base-model hook for the next prefill
@@ -80,6 +82,7 @@ class RunState:
         self.budgets: list[int] = []
         self.prune_layers: set[int] = set()
         self.capture_layers: set[int] = set()
+        self.probe_layers: set[int] = set()  # pruning layers scored by their own projections (before they run)
         self.captured: dict[int, Captured] = {}
         self.keep: torch.Tensor | None = None  # (B, K) original indices kept so far (drop mode)
         self.allowed: torch.Tensor | None = None  # (B, N) bool tokens still visible as keys (mask mode)
@@ -133,9 +136,15 @@ class RunState:
             )
         self.budgets = plans[counts[0]]
         self.prune_layers = {i for i in range(1, self.num_layers) if self.budgets[i] < self.budgets[i - 1]}
+        if getattr(scheduler, "adaptive", False):  # the scorer sizes every layer >= 1 (BaseScheduler.adaptive)
+            self.prune_layers = set(range(1, self.num_layers))
         scorer = self.strategy.scorer
         if scorer is not None and scorer.query_rows != "none":
-            self.capture_layers = {i - 1 for i in self.prune_layers if self.budgets[i] > 0}
+            scored = {i for i in self.prune_layers if self.budgets[i] > 0}
+            if scorer.scores_own_layer:
+                self.probe_layers = scored
+            else:
+                self.capture_layers = {i - 1 for i in scored}
 
     @property
     def pruning(self) -> bool:
@@ -161,12 +170,15 @@ class RunState:
         self.captured[layer] = Captured(q.detach(), key.detach(), index, float(scaling))
 
     def score_context(self, layer: int, hidden: torch.Tensor) -> ScoreContext:
-        """What the scorer of pruning layer ``layer`` sees: layer ``layer - 1``'s inputs.
+        """What the scorer of pruning layer ``layer`` sees: layer ``layer - 1``'s inputs (or, for an own-layer
+        scorer, layer ``layer``'s projections of its input).
 
         In mask mode every real token is still a query row of that layer (``attention_mask``), while the tokens
         pruned so far are hidden as keys (``key_mask``), exactly as in AIM's reference prefill.
         """
-        cap = self.captured.pop(layer - 1, None)
+        scorer = self.strategy.scorer
+        source = layer if scorer is not None and scorer.scores_own_layer else layer - 1
+        cap = self.captured.pop(source, None)
         key_mask = None if self.allowed is None else self.cur_pad & self.allowed
         return ScoreContext(
             visual_mask=self.cur_visual,
@@ -177,7 +189,7 @@ class RunState:
             key=None if cap is None else cap.key,
             query_index=None if cap is None else cap.query_index,
             scaling=None if cap is None else cap.scaling,
-            layer=layer - 1,
+            layer=source,
             num_layers=self.num_layers,
             final_norm=self.final_norm,
         )

@@ -1,9 +1,10 @@
 """An explicit no-cache reference for in-LLM pruning: the unpatched decoder run layer by layer on the kept tokens.
 
 The reference never uses tokred's hooks or a KV cache: it runs the *unpatched* model once on the full sequence
-(prompt + generated tokens) to collect the decoder's inputs (embeddings, per-layer RoPE cos/sin and stock masks, and
-DeepStack features where the model has them), then runs the decoder layers by hand, each on the token subset it keeps
-(original positions), and applies the final norm and LM head to the last token. tokred's tests compare patched
+(prompt + generated tokens) to collect the decoder's inputs (embeddings, per-layer RoPE cos/sin, position ids and stock
+masks, and DeepStack features where the model has them), then runs the decoder layers by hand, each on the token subset
+it keeps (original positions, or with ``positions="reindex"`` positions renumbered over the kept tokens), and applies
+the final norm and LM head to the last token. tokred's tests compare patched
 ``generate()`` logits with it; plugin authors can do the same for their own scorers and schedulers.
 
 Example:
@@ -22,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any
 
 import torch
@@ -35,7 +37,7 @@ def capture_decoder_inputs(model: Any, inputs: dict[str, torch.Tensor]) -> tuple
     """Run the unpatched model without cache on ``inputs``.
 
     Returns:
-        ``(inputs_embeds (B, N, C), per-layer (position_embeddings, attention_mask), injection)`` where
+        ``(inputs_embeds (B, N, C), per-layer (position_embeddings, attention_mask, position_ids), injection)`` where
         ``injection`` is DeepStack's ``(visual mask (B, N), per-layer (V, C) features)`` or ``None``.
     """
     dec = model.get_decoder()
@@ -50,7 +52,9 @@ def capture_decoder_inputs(model: Any, inputs: dict[str, torch.Tensor]) -> tuple
 
     def layer_hook(i: int, mod: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         call = hf.CallArgs(args, kwargs)
-        layers[i] = (call.position_embeddings, call.attention_mask)
+        if i == 0:  # what the layers see (Granite scales the embeddings inside the decoder)
+            seen["embeds"] = call.hidden_states
+        layers[i] = (call.position_embeddings, call.attention_mask, call.position_ids)
 
     handles = [dec.register_forward_pre_hook(dec_hook, with_kwargs=True)]
     handles += [
@@ -77,7 +81,11 @@ def _gather(t: torch.Tensor, idx: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def reference_last_logits(
-    model: Any, inputs: dict[str, torch.Tensor], keeps: dict[int, torch.Tensor], prompt_len: int
+    model: Any,
+    inputs: dict[str, torch.Tensor],
+    keeps: dict[int, torch.Tensor],
+    prompt_len: int,
+    positions: str = "original",
 ) -> torch.Tensor:
     """Logits of the last token (B, V) with layer i >= min(keeps) running only on its kept prompt tokens + the rest.
 
@@ -86,6 +94,9 @@ def reference_last_logits(
         inputs: Forward kwargs of the full sequence (prompt + generated so far).
         keeps: Layer -> kept original prompt indices (B, K) from that layer on (tokred's ``stats.kept_indices``).
         prompt_len: Prompt length N; tokens after it (generated) are always kept.
+        positions: ``"original"`` (kept tokens keep their positions) or ``"reindex"``: every token a layer runs on
+            moves down by the tokens dropped before it (``0..n-1`` without padding; 1-D RoPE models, no padding
+            after the prompt).
     """
     embeds, layers, injection = capture_decoder_inputs(model, inputs)
     b, total = embeds.shape[:2]
@@ -97,20 +108,32 @@ def reference_last_logits(
             if i in keeps:
                 gen = torch.arange(prompt_len, total).expand(b, -1)
                 active = torch.cat([keeps[i], gen], 1)
-            h = _run_layer(layer, h, active, layers[i])
+            side = layers[i] if positions == "original" else _reindexed(dec, h, active, layers[i], i)
+            h = _run_layer(layer, h, active, side)
             if injection is not None and i < len(injection[1]):  # DeepStack: features added after layer i
                 vis = injection[0]
                 h = h.clone()
                 h[vis] = h[vis] + injection[1][i]
-        last = dec.norm(h[:, -1:])
-        return model.lm_head(last)[:, -1].float()
+        normed = dec.norm(h)
+    return _head_logits(model, inputs, normed)
+
+
+def _head_logits(model: Any, inputs: dict[str, torch.Tensor], normed: torch.Tensor) -> torch.Tensor:
+    """Last-token logits (B, V) of the model's own head (LM head, logit scaling or soft-capping) on ``normed``
+    (B, N, C), the final-normed hidden states, put in place of the decoder's own by a hook on its final norm."""
+    hook = model.get_decoder().norm.register_forward_hook(lambda mod, args, out: normed)
+    try:
+        with torch.no_grad():
+            return model(**inputs, use_cache=False).logits[:, -1].float()
+    finally:
+        hook.remove()
 
 
 def _run_layer(layer: Any, h: torch.Tensor, active: torch.Tensor, side: Any) -> torch.Tensor:
     """One decoder layer on the ``active`` (B, K) rows of ``h`` (B, N, C); returns ``h`` with those rows updated."""
     b = h.shape[0]
-    pe, mask = side
-    pe_sub = tuple(_gather(t, active, t.dim() - 2) for t in pe)
+    pe, mask = side[:2]
+    pe_sub = pe if len(side) > 3 else tuple(_gather(t, active, t.dim() - 2) for t in pe)
     if mask is None:
         k = active.shape[1]
         mask = torch.ones(k, k, dtype=torch.bool).tril()[None, None].expand(b, 1, k, k)
@@ -122,3 +145,20 @@ def _run_layer(layer: Any, h: torch.Tensor, active: torch.Tensor, side: Any) -> 
     out = layer(_gather(h, active, 1), use_cache=False, **kwargs)
     out = out[0] if isinstance(out, tuple) else out
     return h.scatter(1, active[:, :, None].expand(-1, -1, h.shape[-1]), out)
+
+
+def _reindexed(dec: Any, h: torch.Tensor, active: torch.Tensor, side: Any, layer: int) -> tuple[Any, ...]:
+    """``side`` with RoPE recomputed at renumbered positions: original position minus the tokens dropped before.
+
+    Returns ``(position_embeddings already for the active rows, mask, position ids, True)``.
+    """
+    pe, mask, pid = side
+    pid = pid.expand(active.shape[0], -1)
+    new = pid.gather(1, active) - (active - torch.arange(active.shape[1]))  # (B, K)
+    rope = dec.rotary_emb
+    types = list(getattr(dec.config, "layer_types", None) or [])
+    if types and "layer_type" in inspect.signature(rope.forward).parameters:
+        cos_sin = rope(h, new, types[layer])
+    else:
+        cos_sin = rope(h, new)
+    return tuple(cos_sin), mask, new, True
