@@ -20,6 +20,7 @@ reason, as does one whose default config cannot be built or run tiny offline.
 from __future__ import annotations
 
 import inspect
+import re
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -37,7 +38,7 @@ _TEXT = dict(
 )  # fmt: skip
 _VISION = dict(
     num_hidden_layers=2, depth=2, hidden_size=32, intermediate_size=64, num_attention_heads=2, num_heads=2,
-    out_hidden_size=64, embed_dim=32,
+    out_hidden_size=64, embed_dim=32, projection_dim=64, num_key_value_heads=2,
 )  # fmt: skip
 _TEXT_NAMES = ("text_config", "llm_config", "language_config", "text_model_config")
 
@@ -61,15 +62,62 @@ def image_text_families() -> dict[str, str]:
     return dict(sorted(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.items()))
 
 
+def _raw(cfg: Any, key: str) -> Any:
+    """``cfg.key`` without transformers' per-layer-attribute guard (heterogeneous configs, transformers >= 5.24)."""
+    raw = getattr(cfg, "_getattr_without_heterogeneous_validation", None)
+    if raw is not None:
+        return raw(key, None)
+    return getattr(cfg, key, None)
+
+
 def _shrink(cfg: Any, over: dict[str, int]) -> None:
-    """Overwrite the integer size fields ``cfg`` has; keep per-layer type lists as long as the new depth."""
+    """Overwrite the integer size fields ``cfg`` has; keep per-layer type lists as long as the new depth.
+
+    A heterogeneous config (per-layer overrides, e.g. Gemma 4's wider full-attention heads) keeps one tiny layer of
+    every distinct layer kind, its overrides scaled like the global value they differ from.
+    """
+    spec = cfg.__dict__.get("_heterogeneity_spec")
+    old_values = {key: _raw(cfg, key) for key in over}
+    depth = _raw(cfg, "num_hidden_layers")
+    if spec is not None:
+        cfg.per_layer_config = None  # re-applied below, for the tiny depth
     for key, value in over.items():
-        old = getattr(cfg, key, None)
+        old = old_values[key]
         if isinstance(old, int) and not isinstance(old, bool):
             setattr(cfg, key, value)
+    n = getattr(cfg, "num_hidden_layers", None)
+    if not isinstance(n, int) or not isinstance(depth, int):
+        return
     types = getattr(cfg, "layer_types", None)
-    if isinstance(types, list) and isinstance(getattr(cfg, "num_hidden_layers", None), int) and types:
-        cfg.layer_types = (types * cfg.num_hidden_layers)[: cfg.num_hidden_layers]
+    overrides = spec.per_layer_overrides if spec is not None else {}
+    sel = _pick_layers(depth, n, types, overrides) if spec is not None else list(range(n))
+    if isinstance(types, list) and types:
+        cfg.layer_types = [(types * n)[j] for j in sel] if spec is None else [types[j] for j in sel]
+    if spec is not None:
+        cfg.per_layer_config = {
+            i: {k: _scaled(v, old_values.get(k), getattr(cfg, k, None)) for k, v in overrides[j].items()}
+            for i, j in enumerate(sel)
+            if j in overrides
+        }
+
+
+def _pick_layers(depth: int, n: int, types: Any, overrides: dict[int, dict[str, Any]]) -> list[int]:
+    """``n`` of the ``depth`` original layers: the first of every distinct (type, overrides) kind, then the first."""
+    kinds: dict[str, int] = {}
+    for j in range(depth):
+        kind = repr((types[j] if isinstance(types, list) and j < len(types) else None, overrides.get(j)))
+        kinds.setdefault(kind, j)
+    firsts = sorted(kinds.values())[:n]
+    rest = [j for j in range(depth) if j not in firsts][: n - len(firsts)]
+    return sorted(firsts + rest)
+
+
+def _scaled(value: Any, old_global: Any, new_global: Any) -> Any:
+    """A per-layer override ``value`` of a field shrunk from ``old_global`` to ``new_global``, scaled alike."""
+    ints = all(isinstance(x, int) and not isinstance(x, bool) for x in (value, old_global, new_global))
+    if not ints or old_global <= 0:
+        return value
+    return max(1, new_global * value // old_global)
 
 
 def _build(model_type: str) -> Any:
@@ -80,11 +128,21 @@ def _build(model_type: str) -> Any:
     if cls is None:
         raise NotBuildable(f"transformers exports no {image_text_families()[model_type]}")
     cfg = AutoConfig.for_model(model_type)
+    vision_cls = (getattr(cfg, "sub_configs", None) or {}).get("vision_config")
+    if getattr(cfg, "vision_config", "") is None and vision_cls not in (None, tf.AutoConfig):
+        cfg.vision_config = vision_cls()  # a default config without a vision tower (Gemma 4): give it one
+    width = _raw(cfg.get_text_config(), "hidden_size")  # the LLM's width, before shrinking
     subs = {name: sub for name, sub in vars(cfg).items() if isinstance(sub, tf.PretrainedConfig)}
     for name, sub in subs.items():
-        _shrink(sub, _TEXT if name in _TEXT_NAMES else _VISION)
+        over = _TEXT if name in _TEXT_NAMES else _VISION
+        if name not in _TEXT_NAMES and name != "vision_config" and _raw(sub, "hidden_size") == width:
+            over = {**_VISION, "hidden_size": _TEXT["hidden_size"]}  # a resampler working at the LLM's width
+        _shrink(sub, over)
     if not any(name in _TEXT_NAMES for name in subs):
         _shrink(cfg, _TEXT)
+    elif isinstance(_raw(cfg, "hidden_size"), int):
+        cfg.hidden_size = _TEXT["hidden_size"]  # a top-level copy of the LLM width (e.g. a visual embedding table)
+    _fix_config(cfg, _modeling_source(cls, cfg.get_text_config()))
     torch.manual_seed(0)
     model = cls(cfg).eval()
     try:
@@ -92,6 +150,80 @@ def _build(model_type: str) -> Any:
     except Exception:  # noqa: BLE001 - families without SDPA keep their default
         pass
     return model
+
+
+def _modeling_source(cls: type, text_config: Any) -> str:
+    """The source of ``cls``'s modeling module and of its language model's (where M-RoPE defaults may live)."""
+    import transformers as tf
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+
+    text_cls = getattr(tf, str(MODEL_MAPPING_NAMES.get(text_config.model_type, "")), None)
+    mods = {inspect.getmodule(c) for c in (cls, text_cls) if inspect.isclass(c)}
+    return "\n".join(inspect.getsource(m) for m in mods if m is not None)
+
+
+def _fix_config(cfg: Any, source: str) -> None:
+    """Make the shrunk config consistent: vision head width, M-RoPE sections, feature layers, vocabulary.
+
+    ``source`` is the family's modeling code, where an M-RoPE default section list may live instead of the config.
+    """
+    vc, tc = getattr(cfg, "vision_config", None), cfg.get_text_config()
+    _fix_mrope(tc, source)
+    if vc is not None:
+        _fix_vision(cfg, vc)
+    ids = [v for k, v in vars(cfg).items() if k.endswith(("_token_id", "_token_index")) and isinstance(v, int)]
+    vocab = _raw(tc, "vocab_size")
+    if ids and isinstance(vocab, int) and max(ids) >= vocab:
+        tc.vocab_size = max(ids) + 1  # special ids beyond the text vocabulary (they index the embedding)
+        if isinstance(getattr(cfg, "vocab_size", None), int):
+            cfg.vocab_size = tc.vocab_size
+
+
+def _fix_vision(cfg: Any, vc: Any) -> None:
+    """Vision head width, an 8 x 8 patch grid (anyres pinpoints and pooled token counts alike), feature layers."""
+    heads = _raw(vc, "num_attention_heads") or _raw(vc, "num_heads")
+    if isinstance(_raw(vc, "head_dim"), int) and isinstance(heads, int) and heads > 0:
+        vc.head_dim = vc.hidden_size // heads
+    size, patch = _raw(vc, "image_size"), _raw(vc, "patch_size")
+    side, step = _size(vc, "image_size", 0), _size(vc, "patch_size", 0)
+    if isinstance(size, (int, list, tuple)) and isinstance(patch, (int, list, tuple)) and 0 < 8 * step < side:
+        small = 8 * step  # an 8 x 8 patch grid: divisible by the usual 2x2 / 4x4 merges, few tokens
+        vc.image_size = small if isinstance(size, int) else type(size)([small] * len(size))
+        pins = getattr(cfg, "image_grid_pinpoints", None)
+        if isinstance(pins, list) and pins:  # anyres resolutions, in tiles of the tower's image size
+            cfg.image_grid_pinpoints = [[v * small // side for v in pin] for pin in pins]
+    if isinstance(getattr(cfg, "mm_tokens_per_image", None), int):
+        cfg.mm_tokens_per_image = 16  # pooled 4 x 4 from the 8 x 8 grid
+    depth = _raw(vc, "num_hidden_layers") or _raw(vc, "depth")
+    if isinstance(depth, int):
+        for key, value in list(vars(cfg).items()):
+            if "feature_layer" in key and isinstance(value, (int, list, tuple)) and not isinstance(value, bool):
+                setattr(cfg, key, _fit_layers(value, depth))
+
+
+def _fit_layers(value: Any, depth: int) -> Any:
+    """Vision feature layer index/indices (of ``depth + 1`` hidden states) brought into the tiny tower's range."""
+    if isinstance(value, int):
+        return value if -(depth + 1) <= value <= depth else (-1 if value < 0 else depth)
+    return type(value)(v if -(depth + 1) <= v <= depth else v % (depth + 1) for v in value)
+
+
+def _fix_mrope(tc: Any, source: str) -> None:
+    """Rescale M-RoPE ``mrope_section`` to the tiny rotary width (its sum is half the rotated head dims)."""
+    default = re.search(r'get\("mrope_section", \[(\d+), (\d+), (\d+)\]\)', source)
+    for name in ("rope_parameters", "rope_scaling"):
+        rope = _raw(tc, name)
+        if isinstance(rope, dict) and default is not None and "mrope_section" not in rope:
+            rope["mrope_section"] = [int(x) for x in default.groups()]  # the modeling code's default
+        if not isinstance(rope, dict) or not isinstance(rope.get("mrope_section"), (list, tuple)):
+            continue
+        heads = _raw(tc, "num_attention_heads")
+        head_dim = _raw(tc, "head_dim") or tc.hidden_size // heads
+        factor = rope.get("partial_rotary_factor", _raw(tc, "partial_rotary_factor") or 1.0)
+        target, sec = int(head_dim * factor) // 2, list(rope["mrope_section"])
+        new = [max(1, s * target // sum(sec)) for s in sec]
+        new[0] += target - sum(new)
+        rope["mrope_section"] = new
 
 
 def _vision(model: Any) -> Any:
@@ -107,8 +239,15 @@ def _size(vc: Any, name: str, default: int) -> int:
     return int(value) if isinstance(value, int) and value > 0 else default
 
 
-def _recipe(model: Any) -> tuple[str, Callable[[int, torch.Generator], dict[str, torch.Tensor]]]:
-    """The input recipe for the family's image inputs: (name, batch -> pixel kwargs)."""
+Pixels = Callable[[int, torch.Generator], dict[str, torch.Tensor]]
+
+
+def _recipes(model: Any) -> list[tuple[str, Pixels]]:
+    """The candidate input recipes for the family's image inputs, in order: (name, batch -> pixel kwargs).
+
+    Where the signature leaves the layout open (flattened or unflattened patches, per-pixel or per-tile masks) there
+    are several candidates; the first the unpatched model runs on is used.
+    """
     base = model.model if hasattr(getattr(model, "model", None), "get_image_features") else model
     gif = getattr(base, "get_image_features", None)
     if gif is None:
@@ -120,37 +259,91 @@ def _recipe(model: Any) -> tuple[str, Callable[[int, torch.Generator], dict[str,
         raise NotBuildable("no vision_config")
     c = _size(vc, "num_channels", 0) or _size(vc, "in_channels", 0) or _size(vc, "in_chans", 3)
     extra = required - {"pixel_values"}
+    s = _size(vc, "image_size", 224)
     if "image_grid_thw" in params:
-        p, t, m = _size(vc, "patch_size", 14), _size(vc, "temporal_patch_size", 1), _size(vc, "spatial_merge_size", 2)
-        side = 2 * m
-
-        def grid(b: int, g: torch.Generator) -> dict[str, torch.Tensor]:
-            pv = torch.randn(b * side * side, c * t * p * p, generator=g)
-            return {"pixel_values": pv, "image_grid_thw": torch.tensor([[1, side, side]] * b)}
-
-        return "grid_thw", grid
+        return _grid_recipes(vc, c)
+    if "image_sizes" in params and getattr(model.config, "image_grid_pinpoints", None):
+        return [_anyres_recipe(model, base, c, s)]
     if extra == {"image_sizes"} or ("image_sizes" in params and "image_sizes" in required):
         vc.image_size = 64
 
         def sized(b: int, g: torch.Generator) -> dict[str, torch.Tensor]:
             return {"pixel_values": torch.randn(b, c, 64, 64, generator=g), "image_sizes": torch.tensor([[64, 64]] * b)}
 
-        return "image_sizes", sized
-    s = _size(vc, "image_size", 224)
+        return [("image_sizes", sized)]
+    pos = [k for k in params if k.endswith("position_ids")]
+    if pos and not extra - set(pos):
+        return [_patch_position_recipe(vc, c, pos[0])]
     if "pixel_attention_mask" in params and not extra - {"pixel_attention_mask"}:
-
-        def masked(b: int, g: torch.Generator) -> dict[str, torch.Tensor]:
-            pv = torch.randn(b, 1, c, s, s, generator=g)
-            return {"pixel_values": pv, "pixel_attention_mask": torch.ones(b, 1, s, s, dtype=torch.bool)}
-
-        return "pixel_attention_mask", masked
+        return _mask_recipes(c, s)
     if extra:
         raise NotBuildable(f"get_image_features needs {sorted(extra)}, which no generic recipe builds")
 
     def plain(b: int, g: torch.Generator) -> dict[str, torch.Tensor]:
         return {"pixel_values": torch.randn(b, c, s, s, generator=g)}
 
-    return "plain", plain
+    return [("plain", plain)]
+
+
+def _grid_recipes(vc: Any, c: int) -> list[tuple[str, Pixels]]:
+    """Qwen-style patches with ``image_grid_thw`` = [1, h, w], h = w = 2 x the merge size: flattened (B·h·w,
+    C·t·p·p), or unflattened (B·h·w, C, p, p) or (1, B·h·w, C, p, p)."""
+    p = _size(vc, "patch_size", 14)
+    t = _size(vc, "temporal_patch_size", 0) or _size(vc, "patch_temporal", 1)
+    m = _size(vc, "spatial_merge_size", 0) or _size(vc, "merge_size", 0) or _size(vc, "merge_kernel_size", 2)
+    side = 2 * m
+    shapes = {"grid_thw": (c * t * p * p,), "grid_thw, unflattened patches": (c, p, p)}
+
+    def make(shape: tuple[int, ...], lead: bool) -> Pixels:
+        def grid(b: int, g: torch.Generator) -> dict[str, torch.Tensor]:
+            pv = torch.randn(b * side * side, *shape, generator=g)
+            return {"pixel_values": pv[None] if lead else pv, "image_grid_thw": torch.tensor([[1, side, side]] * b)}
+
+        return grid
+
+    out = [(name, make(shape, False)) for name, shape in shapes.items()]
+    return [*out, ("grid_thw, batched patches", make((c, p, p), True))]
+
+
+def _anyres_recipe(model: Any, base: Any, c: int, s: int) -> tuple[str, Pixels]:
+    """LLaVA-NeXT-style anyres: an s x 2s image as its tiles (B, tiles, C, s, s) and ``image_sizes``."""
+    count = getattr(inspect.getmodule(type(base)), "image_size_to_num_patches", None)
+    if count is None:
+        raise NotBuildable("anyres image inputs, but the modeling code has no image_size_to_num_patches")
+    size = (s, 2 * s)
+    tiles = int(count(size, model.config.image_grid_pinpoints, s))
+
+    def anyres(b: int, g: torch.Generator) -> dict[str, torch.Tensor]:
+        return {"pixel_values": torch.randn(b, tiles, c, s, s, generator=g), "image_sizes": torch.tensor([size] * b)}
+
+    return "anyres", anyres
+
+
+def _patch_position_recipe(vc: Any, c: int, key: str) -> tuple[str, Pixels]:
+    """Gemma-4-style patch sequences: (B, P, C·p·p) with (x, y) patch positions, P = (2k)^2 for a k x k pooling."""
+    p, k = _size(vc, "patch_size", 16), _size(vc, "pooling_kernel_size", 1)
+    side = 2 * k
+    ys, xs = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    where = torch.stack([xs, ys], -1).reshape(1, side * side, 2)
+
+    def patches(b: int, g: torch.Generator) -> dict[str, torch.Tensor]:
+        return {"pixel_values": torch.randn(b, side * side, c * p * p, generator=g), key: where.expand(b, -1, -1)}
+
+    return "patch positions", patches
+
+
+def _mask_recipes(c: int, s: int) -> list[tuple[str, Pixels]]:
+    """Idefics-style (B, 1, C, S, S) with an all-ones pixel mask (B, 1, S, S), or a tile mask (B, 1)."""
+
+    def masked(b: int, g: torch.Generator) -> dict[str, torch.Tensor]:
+        pv = torch.randn(b, 1, c, s, s, generator=g)
+        return {"pixel_values": pv, "pixel_attention_mask": torch.ones(b, 1, s, s, dtype=torch.bool)}
+
+    def tiles(b: int, g: torch.Generator) -> dict[str, torch.Tensor]:
+        pv = torch.randn(b, 1, c, s, s, generator=g)
+        return {"pixel_values": pv, "pixel_attention_mask": torch.ones(b, 1, dtype=torch.bool)}
+
+    return [("pixel_attention_mask", masked), ("pixel_attention_mask, per tile", tiles)]
 
 
 def _counts(model: Any, pixels: dict[str, torch.Tensor]) -> list[int]:
@@ -182,10 +375,7 @@ def generic_tiny_model(model_type: str) -> tuple[Any, Callable[..., dict[str, to
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = _build(model_type)
-            name, pixels = _recipe(model)
-            make = _make_inputs(model, pixels)
-            with torch.no_grad():
-                model(**make(batch=2))  # the unpatched model must run on these inputs, padded batch included
+            name, make = _first_that_runs(model, _recipes(model))
     except NotBuildable as exc:
         raise NotBuildable(str(exc), model) from exc
     except Exception as exc:  # noqa: BLE001 - any failure of the family's own code is the verdict
@@ -193,6 +383,34 @@ def generic_tiny_model(model_type: str) -> tuple[Any, Callable[..., dict[str, to
         what = "the unpatched model fails on the generic inputs" if model is not None else "cannot build it"
         raise NotBuildable(f"{what}: {type(exc).__name__}: {first}", model) from exc
     return model, make, name
+
+
+def _special_ids(config: Any) -> set[int]:
+    """Every token id the config names (``*_token_id``, ``*_token_index``, ``*_token_ids``), sub-configs included."""
+    out: set[int] = set()
+    for cfg in [config, *(v for v in vars(config).values() if hasattr(v, "to_dict") and hasattr(v, "model_type"))]:
+        for key, value in vars(cfg).items():
+            if key.endswith(("_token_id", "_token_index", "_token_ids", "_id")):
+                values = value if isinstance(value, (list, tuple)) else [value]
+                out |= {int(v) for v in values if isinstance(v, int) and not isinstance(v, bool)}
+    return out
+
+
+def _first_that_runs(model: Any, recipes: list[tuple[str, Pixels]]) -> tuple[str, Any]:
+    """The first recipe whose inputs the unpatched model runs on (padded batch of 2); else the first one's error."""
+    first: Exception | None = None
+    for name, pixels in recipes:
+        try:
+            make = _make_inputs(model, pixels)
+            with torch.no_grad():
+                model(**make(batch=2))
+            return name, make
+        except NotBuildable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - try the next layout; the first failure is the verdict
+            first = first or exc
+    assert first is not None
+    raise first
 
 
 def _make_inputs(model: Any, pixels: Callable[[int, torch.Generator], dict[str, torch.Tensor]]) -> Any:
@@ -203,14 +421,17 @@ def _make_inputs(model: Any, pixels: Callable[[int, torch.Generator], dict[str, 
         raise NotBuildable("the config names no image_token_id")
     forward = inspect.signature(model.forward).parameters
 
+    special = _special_ids(model.config)
+    pool = [i for i in range(10, 400) if i not in special][:90]  # text ids: never a special token's
+
     def make_inputs(batch: int = 1, text_len: int = 6, seed: int = 0) -> dict[str, torch.Tensor]:
         g = torch.Generator().manual_seed(seed)
         kw = pixels(batch, g)
         counts = _counts(model, {k: v for k, v in kw.items()})
         rows = []
         for i, n in enumerate(counts[:batch]):
-            pre = torch.randint(10, 100, (3,), generator=g).tolist()
-            post = torch.randint(10, 100, (max(1, text_len - 3 + (i % 2)),), generator=g).tolist()
+            pre = [pool[j] for j in torch.randint(0, len(pool), (3,), generator=g).tolist()]
+            post = [pool[j] for j in torch.randint(0, len(pool), (max(1, text_len - 3 + (i % 2)),), generator=g)]
             rows.append(pre + [int(image_id)] * n + post)
         width = max(len(r) for r in rows)
         ids = torch.zeros(batch, width, dtype=torch.long)
