@@ -20,7 +20,7 @@ from pydantic import Field
 from tokred._components import BaseMerger, BaseScheduler, BaseScorer, ComponentConfig, ScoreContext, Strategy
 from tokred.errors import ConfigError
 from tokred.hookspecs import hookimpl
-from tokred.ops.diversity import dart_keep, dart_quota
+from tokred.ops.diversity import dart_keep, dart_quota, dart_visit_order
 
 
 def dart_count(n: int, keep_ratio: float, pivot_image_token: int, pivot_text_token: int) -> int:
@@ -58,10 +58,11 @@ class DartScorer(BaseScorer):
     """DART's selection as scores: 1 for the pivots' picks and the image pivots, 0 for the other visual tokens.
 
     Pivots: the ``pivot_image_token`` image tokens and ``pivot_text_token`` tokens after the image with the largest
-    L1 norm of the scoring layer's post-RoPE keys (all heads). They are visited in the order of a Python ``set`` of
-    their indices (as the reference code does; the order decides which pivot claims a token first); each takes the
-    ``floor(keep_ratio * N / pivots)`` remaining image tokens whose final-normed hidden states are least cosine-similar
-    to its own. Text pivots are not kept (text is never dropped anyway).
+    L1 norm of the scoring layer's post-RoPE keys (all heads). They are visited in the order the reference code
+    iterates a copy of the Python ``set`` of their indices, computed explicitly by
+    [`dart_visit_order`][tokred.ops.diversity.dart_visit_order] (the order decides which pivot claims a token first);
+    each takes the ``floor(keep_ratio * N / pivots)`` remaining image tokens whose final-normed hidden states are least
+    cosine-similar to its own. Text pivots are not kept (text is never dropped anyway).
     """
 
     name = "dart"
@@ -94,7 +95,7 @@ class DartScorer(BaseScorer):
             img = visual[torch.topk(key_l1[b, visual], n_img).indices]  # descending L1
             txt = after[torch.topk(key_l1[b, after], min(c.pivot_text_token, int(after.numel()))).indices]
             rel = [int(i) - start for i in [*img.tolist(), *txt.tolist()]]
-            order = list(set(rel))  # visiting order: a Python set's iteration order, as in the reference
+            order = dart_visit_order(rel)  # the reference's list(set(...).copy()) order, computed explicitly
             pool = visual[~torch.isin(visual, img)]
             quota = dart_quota(int(visual.numel()), c.keep_ratio, c.pivot_image_token + c.pivot_text_token)
             keep = dart_keep(features[b], [i + start for i in order], pool, img.tolist(), quota)

@@ -83,7 +83,7 @@ def ref_dart(
     kept = set(image_pivots)
     pool = [i for i in image if i not in image_pivots]
     ranked = image_pivots + text_pivots
-    for p in list(set(ranked)) if visit == "set" else ranked:
+    for p in list(set(ranked).copy()) if visit == "set" else ranked:  # the reference iterates a copy of the set
         picks = sorted(pool, key=lambda i: float(unit[p] @ unit[i]))[:quota]  # least similar to the pivot
         kept.update(picks)
         pool = [i for i in pool if i not in picks]

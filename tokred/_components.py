@@ -115,6 +115,8 @@ class MergeContext:
         text_embedding: For each row, the mean LLM input embedding of the non-visual, non-padding prompt tokens of
             the sample the image belongs to, shape (B, C); filled by the pre-LLM stage for mergers that set
             ``uses_text``, else ``None``.
+        frames: For a ``temporal`` merger, the number of frames ``T`` of the clip in ``x`` (1, T * n_frame, C),
+            frame-major; ``grid`` is then one frame's grid. ``None`` for a single image or frame.
     """
 
     target: int | None = None
@@ -125,6 +127,7 @@ class MergeContext:
     layer: int | None = None
     num_layers: int | None = None
     text_embedding: torch.Tensor | None = None
+    frames: int | None = None
 
 
 @dataclass
@@ -168,6 +171,9 @@ class BaseMerger(BaseComponent):
     kind: ClassVar[Kind] = "merger"
     stage: ClassVar[MergeStage] = "pre_llm"
     uses_text: ClassVar[bool] = False
+    #: ``True``: the pre-LLM stage hands the merger a whole clip (every frame of a video, or a sample's images taken
+    #: as frames) in one call, ``MergeContext.frames`` set; ``False`` (default): each frame and image on its own.
+    temporal: ClassVar[bool] = False
 
     def merge(self, x: torch.Tensor, ctx: MergeContext) -> MergeResult:
         """Reduce tokens.

@@ -68,3 +68,49 @@ def test_scorer_batch_rows_are_independent():
     )
     scores = scorer.score(both)
     assert torch.equal(scores[:1], scorer.score(a)) and torch.equal(scores[1:], scorer.score(b))
+
+
+def test_visit_order_is_the_reference_set_copy_order():
+    """``dart_visit_order`` computes (without iterating a set) the order CPython iterates ``set(pivots).copy()``,
+    which is what DART's reference visits; checked on many pivot lists, small and large, with and without the resize
+    that makes a copy's order differ from the original set's."""
+    import random
+
+    from tokred.ops.diversity import dart_visit_order
+
+    rng = random.Random(0)
+    copy_differs = 0
+    for _ in range(3000):
+        pivots = [rng.randrange(rng.choice([16, 600, 3000, 70000])) for _ in range(rng.randint(1, 40))]
+        assert dart_visit_order(pivots) == list(set(pivots).copy()), pivots
+        copy_differs += list(set(pivots)) != list(set(pivots).copy())
+    assert copy_differs > 100  # the copy really matters for larger pivot sets
+    # by hand: an 8-slot table, 40 -> slot 0, 7 -> 7, 300 -> 4, 12 -> 4 taken, no room for linear probes at 4 + 9 > 7,
+    # so the perturbed jump (4 * 5 + 1 + 0) & 7 = 5
+    assert dart_visit_order([40, 7, 300, 12]) == [40, 300, 12, 7]
+
+
+def test_scorer_visits_pivots_in_the_reference_order(monkeypatch):
+    """The scorer hands ``dart_keep`` its pivots in ``dart_visit_order`` (relative indices), not in rank order."""
+    import tokred.strategies.dart as dart_module
+
+    from tokred.ops.diversity import dart_visit_order
+
+    seen = []
+    real_keep = dart_module.dart_keep
+
+    def spy(features, pivots, pool, keep, quota):
+        seen.append(list(pivots))
+        return real_keep(features, pivots, pool, keep, quota)
+
+    monkeypatch.setattr(dart_module, "dart_keep", spy)
+    ctx = _context(pad=2, n_text_after=4)
+    tokred.create_strategy("dart", keep_ratio=0.7).scorer.score(ctx)
+    key_l1 = ctx.key.abs().sum(dim=(1, 3))[0]
+    image = torch.arange(2 + 4, 2 + 16)
+    after = torch.arange(2 + 16, ctx.visual_mask.shape[1])
+    ranked = [
+        *image[key_l1[image].argsort(descending=True)[:4]].tolist(),
+        *after[key_l1[after].argsort(descending=True)[:4]].tolist(),
+    ]
+    assert seen == [[i + 2 for i in dart_visit_order([i - 2 for i in ranked])]]

@@ -14,12 +14,33 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
 from tokred.adapters import hf
 from tokred.errors import UnsupportedModelError
+
+
+@dataclass(frozen=True)
+class VideoLayout:
+    """The frame structure of one video's features.
+
+    Attributes:
+        frames: Frames (temporal groups) of the video as the LLM sees them.
+        per_frame: Feature rows of each frame.
+        grid: (rows, cols) of one frame's rows when they form a grid, else ``None``.
+    """
+
+    frames: int
+    per_frame: int
+    grid: tuple[int, int] | None
+
+
+def _square(n: int) -> tuple[int, int] | None:
+    side = int(round(n**0.5))
+    return (side, side) if side * side == n else None
 
 
 def _config_get(config: Any, *names: str) -> Any:
@@ -257,8 +278,33 @@ class ModelAdapter:
         return hf.encoder_kwargs(self.base, kwargs)
 
     def has_pixels(self, kwargs: dict[str, Any]) -> bool:
-        """Whether the call carries raw image inputs."""
-        return hf.CallArgs((), kwargs).has_pixels()
+        """Whether the call carries raw image or video inputs."""
+        call = hf.CallArgs((), kwargs)
+        return call.has_pixels() or call.has_video_pixels()
+
+    # ------------------------------------------------------------------------------------- video
+
+    def video_placeholder_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Video placeholders, shape (B, N) bool (all ``False`` when the family has no video token)."""
+        vid = self.video_token_id
+        return input_ids == vid if vid is not None else torch.zeros_like(input_ids, dtype=torch.bool)
+
+    def mm_token_types(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Modality of every token as the M-RoPE families number them: 0 text, 1 image, 2 video, shape (B, N)."""
+        return self.placeholder_mask(input_ids).int() + 2 * self.video_placeholder_mask(input_ids).int()
+
+    def video_layouts(self, enc_kwargs: dict[str, Any], counts: Sequence[int]) -> list[VideoLayout]:
+        """How each video's features split into frames: ``frames`` x ``per_frame`` rows, frame-major, then
+        ``n - frames * per_frame`` trailing rows (structural, never reduced); the generic rule reads the frame count
+        from the (videos, frames, C, H, W) pixels and takes any remainder as trailing rows."""
+        pixels = enc_kwargs.get(hf.VIDEO_PIXELS)
+        if pixels is None or pixels.dim() != 5:
+            raise UnsupportedModelError(
+                f"{type(self.model).__name__}: tokred cannot tell the frames of its video features apart "
+                "(no (videos, frames, C, H, W) pixel input and no family rule)"
+            )
+        frames = int(pixels.shape[1])
+        return [VideoLayout(frames, n // frames, _square(n // frames)) for n in counts]
 
     def text_like_rows(self, features: torch.Tensor) -> torch.Tensor | None:
         """Rows of one image's features that are structural, not visual content (kept as text), shape (n,) bool."""
@@ -332,7 +378,7 @@ class ModelAdapter:
         ids = kwargs[hf.INPUT_IDS]
         call = {**kwargs, **enc_kwargs}
         if call.get("mm_token_type_ids") is None:
-            call["mm_token_type_ids"] = self.placeholder_mask(ids).int()
+            call["mm_token_type_ids"] = self.mm_token_types(ids)
         pos = hf.rope_index(self.base, call)  # (3, B, N)
         pos = pos.gather(2, src_index[None].expand(pos.shape[0], -1, -1))  # (3, B, N')
         return pos.masked_fill(~valid[None], 1)

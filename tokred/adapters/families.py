@@ -11,7 +11,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from tokred.adapters.base import ModelAdapter
+from tokred.adapters import hf
+from tokred.adapters.base import ModelAdapter, VideoLayout
 
 
 def _model_type(model: Any) -> str:
@@ -46,6 +47,18 @@ class AnyresAdapter(ModelAdapter):
     def feature_grids(self, enc_kwargs: dict[str, Any], counts: Sequence[int]) -> list[tuple[int, int] | None]:
         return [None] * len(counts)  # the tiles plus the base image are not one grid
 
+    def video_layouts(self, enc_kwargs: dict[str, Any], counts: Sequence[int]) -> list[VideoLayout]:
+        """OneVision: every frame's pooled grid, frame-major, then one ``image_newline`` row per video."""
+        layouts = super().video_layouts(enc_kwargs, counts)
+        if self.model_type != "llava_onevision":
+            return layouts
+        out = []
+        for lay, n in zip(layouts, counts):
+            per = (n - 1) // lay.frames
+            side = int(round(per**0.5))
+            out.append(VideoLayout(lay.frames, per, (side, side) if side * side == per else None))
+        return out
+
 
 class QwenVLAdapter(ModelAdapter):
     """Qwen2-VL, Qwen2.5-VL and Qwen3-VL: grids from ``image_grid_thw``, pooled grids re-numbered.
@@ -76,6 +89,12 @@ class QwenVLAdapter(ModelAdapter):
             grids.append((rows, cols) if t == 1 and rows * cols == n else None)
         return grids
 
+    def video_layouts(self, enc_kwargs: dict[str, Any], counts: Sequence[int]) -> list[VideoLayout]:
+        """A video of grid (t, h, w) is ``t`` temporal patches of ``(h / merge) x (w / merge)`` tokens each."""
+        thw = enc_kwargs[hf.VIDEO_GRID]
+        merge = int(self.config.vision_config.spatial_merge_size)
+        return [VideoLayout(int(t), (h // merge) * (w // merge), (h // merge, w // merge)) for t, h, w in thw.tolist()]
+
     def prellm_position_ids(
         self,
         kwargs: dict[str, Any],
@@ -86,10 +105,11 @@ class QwenVLAdapter(ModelAdapter):
     ) -> torch.Tensor | None:
         ids, mm = kwargs["input_ids"], kwargs.get("mm_token_type_ids")
         if mm is None:
-            mm = (ids == self.image_token_id).int()
+            mm = self.mm_token_types(ids)
         thw = enc_kwargs.get("image_grid_thw")
         mask = kwargs.get("attention_mask")
-        if thw is not None and new_grids and all(g is not None for g in new_grids):
+        video = enc_kwargs.get(hf.VIDEO_GRID) is not None  # with video, survivors keep their original positions
+        if thw is not None and not video and new_grids and all(g is not None for g in new_grids):
             merge = int(self.config.vision_config.spatial_merge_size)
             new_thw = torch.tensor(
                 [

@@ -58,6 +58,11 @@ TOKEN_TYPE_INPUTS: tuple[str, ...] = ("token_type_ids", "mm_token_type_ids")
 #: (``{"image": BaseModelOutputWithPooling}``).
 MM_ENCODER_OUTPUTS = "mm_encoder_outputs"
 _MM_IMAGE = "image"
+#: Video inputs (LLaVA-OneVision, LLaVA-NeXT-Video, Qwen2/2.5/3-VL): raw frames, the Qwen grid (t, h, w) per video,
+#: and the key of their precomputed encoder outputs in ``mm_encoder_outputs`` (the same in 5.18 and 5.24).
+VIDEO_PIXELS = "pixel_values_videos"
+VIDEO_GRID = "video_grid_thw"
+_MM_VIDEO = "video"
 
 
 class _Kw:
@@ -138,6 +143,21 @@ class CallArgs:
         mm[_MM_IMAGE] = outputs
         self.kwargs[MM_ENCODER_OUTPUTS] = mm
 
+    def video_outputs(self) -> Any:
+        """Precomputed video-encoder outputs passed in ``mm_encoder_outputs``, or ``None``."""
+        mm = self.kwargs.get(MM_ENCODER_OUTPUTS)
+        return mm.get(_MM_VIDEO) if isinstance(mm, dict) else None
+
+    def set_video_outputs(self, outputs: Any) -> None:
+        """Pass ``outputs`` (a ``get_video_features`` result) as the call's precomputed video-encoder outputs."""
+        mm = dict(self.kwargs.get(MM_ENCODER_OUTPUTS) or {})
+        mm[_MM_VIDEO] = outputs
+        self.kwargs[MM_ENCODER_OUTPUTS] = mm
+
+    def has_video_pixels(self) -> bool:
+        """Whether the call carries raw video frames."""
+        return self.kwargs.get(VIDEO_PIXELS) is not None
+
     def pixel_inputs(self) -> list[str]:
         """Keywords of raw image inputs in the call (``pixel_values`` and family variants)."""
         return [k for k in self.kwargs if k.startswith("pixel_values")]
@@ -181,6 +201,22 @@ def encoder_kwargs(base: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
     """The forward kwargs that ``base.get_image_features`` takes (as ``generate()`` selects them)."""
     params = inspect.signature(base.get_image_features).parameters
     return {k: kwargs[k] for k in params if k != "kwargs" and k in kwargs and kwargs[k] is not None}
+
+
+def video_encoder_kwargs(base: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The forward kwargs that ``base.get_video_features`` takes (empty when the model has no video path)."""
+    fn = getattr(base, "get_video_features", None)
+    if not callable(fn) or kwargs.get(VIDEO_PIXELS) is None:
+        return {}
+    params = inspect.signature(fn).parameters
+    return {k: kwargs[k] for k in params if k != "kwargs" and k in kwargs and kwargs[k] is not None}
+
+
+def video_features(base: Any, enc: dict[str, Any]) -> Any:
+    """Run the stock ``get_video_features``; its ``pooler_output`` holds the projected features of each video: a
+    tensor (n_video, n, C) (LLaVA-OneVision: the frames' pooled tokens then one newline row; LLaVA-NeXT-Video 5.24),
+    or a tuple of per-video tensors ((n, C) for Qwen-VL, (frames, n_frame, C) for LLaVA-NeXT-Video 5.18)."""
+    return base.get_video_features(**enc, return_dict=True)
 
 
 def image_features(base: Any, enc: dict[str, Any]) -> Any:

@@ -27,6 +27,7 @@ __all__ = [
     "cosine_similarity_matrix",
     "dart_keep",
     "dart_quota",
+    "dart_visit_order",
     "dpp_greedy_keep",
     "dpp_greedy_order",
     "max_min_diversity_keep",
@@ -293,3 +294,89 @@ def dart_keep(
         left[pick] = False
         pool = pool[left]
     return torch.cat(kept).unique(sorted=True)  # (K,)
+
+
+# CPython's set of ints (Objects/setobject.c): open addressing over a power-of-two table, ``LINEAR_PROBES``
+# neighbours per probe, then a perturbed jump; an int hashes to itself. DART's reference visits its pivots in the
+# order ``list(set(image + text).copy())`` iterates them, i.e. table-slot order.
+_LINEAR_PROBES = 9
+_PERTURB_SHIFT = 5
+_SET_MINSIZE = 8
+
+
+def _slot(table: list[int | None], key: int) -> int:
+    """The free slot CPython's set probing finds for a new ``key`` (>= 0) in ``table``."""
+    mask = len(table) - 1
+    i, perturb = key & mask, key
+    while True:
+        span = _LINEAR_PROBES + 1 if i + _LINEAR_PROBES <= mask else 1
+        for j in range(i, i + span):
+            if table[j] is None:
+                return j
+        perturb >>= _PERTURB_SHIFT
+        i = (i * 5 + 1 + perturb) & mask
+
+
+def _resized(keys: list[int], minused: int) -> list[int | None]:
+    """A fresh table for more than ``minused`` entries with ``keys`` re-inserted in the given order."""
+    size = _SET_MINSIZE
+    while size <= minused:
+        size <<= 1
+    table: list[int | None] = [None] * size
+    for key in keys:
+        table[_slot(table, key)] = key
+    return table
+
+
+def _build(keys: list[int]) -> list[int | None]:
+    """The table of ``set(keys)``: one insertion per new key, resizing to 4x the used count when 3/5 full."""
+    table: list[int | None] = [None] * _SET_MINSIZE
+    used = 0
+    for key in keys:
+        if key in table:
+            continue
+        table[_slot(table, key)] = key
+        used += 1
+        if used * 5 >= (len(table) - 1) * 3:
+            table = _resized([k for k in table if k is not None], used * 4)
+    return table
+
+
+def dart_visit_order(pivots: list[int]) -> list[int]:
+    """The order in which DART's reference code visits its pivots: ``list(set(pivots).copy())`` in CPython.
+
+    The reference builds ``set(image_pivots + text_pivots)`` of sequence indices, copies it, and iterates the copy;
+    CPython iterates a set of non-negative ints in hash-table slot order, which depends on the values and on the
+    table size, not on the insertion order alone. This computes that order explicitly (no ``set`` is iterated), so it
+    does not depend on the interpreter; ``tests/unit/test_dart.py`` checks it against CPython itself.
+
+    Args:
+        pivots: Sequence indices (>= 0) of the image pivots then the text pivots, as the reference lists them.
+
+    Returns:
+        The distinct pivots in visiting order.
+
+    Example:
+        >>> from tokred.ops.diversity import dart_visit_order
+        >>> dart_visit_order([40, 7, 300, 12])  # slot order of an 8-slot table: 0, 4, 5, 7
+        [40, 300, 12, 7]
+        >>> dart_visit_order([3, 1, 2])
+        [1, 2, 3]
+    """
+    if any(p < 0 for p in pivots):
+        raise ValueError(f"pivot indices must be >= 0, got {pivots}")
+    table = _build(list(pivots))
+    keys = [k for k in table if k is not None]
+    copy: list[int | None] = [None] * _SET_MINSIZE  # set.copy(): set_merge into an empty set
+    if len(keys) * 5 >= (_SET_MINSIZE - 1) * 3:
+        copy = _resized([], len(keys) * 2)
+    if len(copy) == len(table):
+        return keys  # same size, no dummies: the slots are copied as they are
+    return [k for k in _resized_into(copy, keys) if k is not None]
+
+
+def _resized_into(table: list[int | None], keys: list[int]) -> list[int | None]:
+    """``keys`` inserted into the empty ``table`` in the given order (``set_insert_clean``)."""
+    for key in keys:
+        table[_slot(table, key)] = key
+    return table

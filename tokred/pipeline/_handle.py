@@ -254,12 +254,18 @@ class PatchHandle:
 
     def _analyse(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """No pre-LLM reduction but the family has text-like placeholder rows: compute features once, mark them."""
-        out, enc = self._prellm.features(kwargs)
+        from tokred.pipeline._video import encode_videos
+
         call = hf.CallArgs((), kwargs)
-        for key in call.pixel_inputs():
-            if key in enc:
-                kwargs.pop(key)
-        call.set_image_outputs(out)
+        if call.has_pixels():
+            out, enc = self._prellm.features(kwargs)
+            for key in call.pixel_inputs():
+                if key in enc:
+                    kwargs.pop(key)
+            call.set_image_outputs(out)
+        video = encode_videos(self.adapter, kwargs, pop_all=False)
+        if video is not None:
+            call.set_video_outputs(video.out)
         self._pending_from_ids(call.input_ids, kwargs)
         return kwargs
 
@@ -297,6 +303,14 @@ def _restore_prompt(out: Any, ids: torch.Tensor, short_len: int) -> Any:
 
 def _check_model_argument(model: Any) -> None:
     """Refuse what is not a loaded model (``None``, a hub id string, a plain module) before touching it."""
+        if call.video_outputs() is not None:
+            from tokred.pipeline._video import video_text_like
+
+            structural = video_text_like(self.adapter, call.video_outputs())
+            frames = self.adapter.video_placeholder_mask(ids)
+            if structural is not None and int(frames.sum()) == structural.numel():
+                visual = visual.clone()
+                visual[frames] = ~structural.to(ids.device)
     if model is None:
         raise UnsupportedModelError("patch() got None instead of a model; load one first, then patch(model, ...)")
     if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):

@@ -221,17 +221,22 @@ class PreLLMStage:
     def transform(self, kwargs: dict[str, Any], out: Any = None, enc: dict[str, Any] | None = None) -> dict[str, Any]:
         """Return new forward kwargs with the reduced features as precomputed encoder outputs and shortened token
         inputs."""
-        if out is None:
+        from tokred.pipeline import _video
+
+        if out is None and hf.CallArgs((), kwargs).has_pixels():
             out, enc = self.features(kwargs)
             for key in enc:
                 kwargs.pop(key, None)
-        assert enc is not None
+        video = _video.encode_videos(self.adapter, kwargs)  # None without frames; pops the video inputs
+        if video is not None and self.wants_vision_keys():
+            raise ConfigError("metric='keys' matches on an image's vision keys; video frames need metric='features'")
+        enc = enc or {}
         ids = hf.CallArgs((), kwargs).input_ids
-        feats, pack = flatten_features(hf.pooled(out))
+        feats, pack = flatten_features(hf.pooled(out)) if out is not None else ([], None)
         counts = [int(f.shape[0]) for f in feats]
         orig = (
             self.original_counts(len(feats), int(self.adapter.placeholder_mask(ids).sum()))
-            if (self.original_counts is not None)
+            if (self.original_counts is not None and feats)
             else None
         )
         grids = self.adapter.feature_grids(enc, counts)
@@ -246,17 +251,28 @@ class PreLLMStage:
                 ImagePlan(p.features, torch.arange(p.features.shape[0], device=ids.device), p.visual, None)
                 for p in plans
             ]
-        slots = _image_slots(self.adapter.placeholder_mask(ids), orig or counts)
-        src, valid, visual, positions = self._layout(ids, slots, plans)
+        slots = _image_slots(self.adapter.placeholder_mask(ids), orig or counts) if plans else []
+        if video is None and plans and self.merger is not None and self.merger.temporal:
+            plans = _video.images_as_clips(slots, plans, feats, grids, self.merger)
+        vslots, vplans = ([], []) if video is None else _video.plan_videos(
+            video, self.adapter, self.merger, ids, _video.video_texts(self, kwargs, video, ids)
+        )
+        every = sorted(range(len(slots) + len(vslots)), key=lambda i: (slots + vslots)[i][:2])  # prompt order
+        src, valid, visual, placed = self._layout(
+            ids, [(slots + vslots)[i] for i in every], [(plans + vplans)[i] for i in every]
+        )
+        positions = [placed[every.index(i)] for i in range(len(every))]
         self.state.pending_provenance = [
             (s, torch.where(p.source >= 0, pos[p.source.clamp_min(0)], -1))
-            for (s, _, _), p, pos in zip(slots, plans, positions)
+            for (s, _, _), p, pos in zip(slots + vslots, plans + vplans, positions)
             if p.source is not None and orig is None
         ]
-        new = hf.CallArgs((), self._shorten(kwargs, enc, src, valid, plans))
-        hf.set_pooled(out, pack([p.features for p in plans]))
-        self._reduce_injected(out, plans)
-        new.set_image_outputs(out)
+        venc = {} if video is None else video.enc
+        new = hf.CallArgs((), self._shorten(kwargs, {**enc, **venc}, src, valid, plans))
+        if out is not None and pack is not None:
+            hf.set_pooled(out, pack([p.features for p in plans]))
+            self._reduce_injected(out, plans)
+            new.set_image_outputs(out)
         other = self.adapter.visual_mask(new.input_ids) & ~self.adapter.placeholder_mask(new.input_ids)
         self.state.pending_visual = visual | other
         self.state.pending_pad = new.attention_mask.bool()
@@ -268,6 +284,10 @@ class PreLLMStage:
         injected = hf.injected_features(out)
         if injected is None:
             return
+        if video is not None:
+            _video.finish_videos(video, vplans)
+            new.set_video_outputs(video.out)
+            other &= ~self.adapter.video_placeholder_mask(new.input_ids)
         if any(p.source is None for p in plans):
             raise UnsupportedModeError(
                 "this model adds visual features inside the LLM (DeepStack), which tokred reduces by each image's "
