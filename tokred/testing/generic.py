@@ -132,6 +132,7 @@ def _build(model_type: str) -> Any:
     if getattr(cfg, "vision_config", "") is None and vision_cls not in (None, tf.AutoConfig):
         cfg.vision_config = vision_cls()  # a default config without a vision tower (Gemma 4): give it one
     width = _raw(cfg.get_text_config(), "hidden_size")  # the LLM's width, before shrinking
+    vision_width = _raw(getattr(cfg, "vision_config", None), "hidden_size")
     subs = {name: sub for name, sub in vars(cfg).items() if isinstance(sub, tf.PretrainedConfig)}
     for name, sub in subs.items():
         over = _TEXT if name in _TEXT_NAMES else _VISION
@@ -142,6 +143,7 @@ def _build(model_type: str) -> Any:
         _shrink(cfg, _TEXT)
     elif isinstance(_raw(cfg, "hidden_size"), int):
         cfg.hidden_size = _TEXT["hidden_size"]  # a top-level copy of the LLM width (e.g. a visual embedding table)
+    _shrink_projector(cfg, width, vision_width)
     _fix_config(cfg, _modeling_source(cls, cfg.get_text_config()))
     torch.manual_seed(0)
     model = cls(cfg).eval()
@@ -150,6 +152,17 @@ def _build(model_type: str) -> Any:
     except Exception:  # noqa: BLE001 - families without SDPA keep their default
         pass
     return model
+
+
+def _shrink_projector(cfg: Any, width: Any, vision_width: Any) -> None:
+    """Top-level projector widths (``*_hidden_size``) that copy the LLM's or the tower's (times a merge) shrunk alike."""
+    for key, value in list(vars(cfg).items()):
+        if not key.endswith("hidden_size") or key == "hidden_size" or not isinstance(value, int):
+            continue
+        if isinstance(width, int) and width > 0 and value % width == 0:
+            setattr(cfg, key, _TEXT["hidden_size"] * (value // width))
+        elif isinstance(vision_width, int) and vision_width > 0 and value % vision_width == 0:
+            setattr(cfg, key, _VISION["hidden_size"] * (value // vision_width))  # e.g. a 2 x 2 merge: 4 x the width
 
 
 def _modeling_source(cls: type, text_config: Any) -> str:
@@ -169,6 +182,8 @@ def _fix_config(cfg: Any, source: str) -> None:
     """
     vc, tc = getattr(cfg, "vision_config", None), cfg.get_text_config()
     _fix_mrope(tc, source)
+    if getattr(tc, "sliding_window", 0) is None and "create_sliding_window_causal_mask(" in source:
+        tc.sliding_window = 512  # the decoder builds a sliding mask, the default config names no window
     if vc is not None:
         _fix_vision(cfg, vc)
     ids = [v for k, v in vars(cfg).items() if k.endswith(("_token_id", "_token_index")) and isinstance(v, int)]

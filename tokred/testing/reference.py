@@ -133,7 +133,10 @@ def _run_layer(layer: Any, h: torch.Tensor, active: torch.Tensor, side: Any) -> 
     """One decoder layer on the ``active`` (B, K) rows of ``h`` (B, N, C); returns ``h`` with those rows updated."""
     b = h.shape[0]
     pe, mask = side[:2]
-    pe_sub = pe if len(side) > 3 else tuple(_gather(t, active, t.dim() - 2) for t in pe)
+    if pe is None or len(side) > 3:  # NoPE layer (no position embeddings), or already for the active rows
+        pe_sub = pe
+    else:
+        pe_sub = tuple(_gather(t, active, t.dim() - 2) for t in pe)
     if mask is None:
         k = active.shape[1]
         mask = torch.ones(k, k, dtype=torch.bool).tril()[None, None].expand(b, 1, k, k)
