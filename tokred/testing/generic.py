@@ -155,7 +155,7 @@ def _build(model_type: str) -> Any:
 
 
 def _shrink_projector(cfg: Any, width: Any, vision_width: Any) -> None:
-    """Top-level projector widths (``*_hidden_size``) that copy the LLM's or the tower's (times a merge) shrunk alike."""
+    """Top-level projector widths (``*_hidden_size``) copying the LLM's or the tower's (times a merge), shrunk alike."""
     for key, value in list(vars(cfg).items()):
         if not key.endswith("hidden_size") or key == "hidden_size" or not isinstance(value, int):
             continue
