@@ -286,6 +286,14 @@ class PatchHandle:
                 if int(slots.sum()) == text_like.numel():
                     visual = visual.clone()
                     visual[slots] = ~text_like
+        if call.video_outputs() is not None:
+            from tokred.pipeline._video import video_text_like
+
+            structural = video_text_like(self.adapter, call.video_outputs())
+            frames = self.adapter.video_placeholder_mask(ids)
+            if structural is not None and int(frames.sum()) == structural.numel():
+                visual = visual.clone()
+                visual[frames] = ~structural.to(ids.device)
         self._state.pending_visual = visual
         mask = call.attention_mask
         self._state.pending_pad = mask if torch.is_tensor(mask) and mask.dim() == 2 else None
@@ -303,14 +311,6 @@ def _restore_prompt(out: Any, ids: torch.Tensor, short_len: int) -> Any:
 
 def _check_model_argument(model: Any) -> None:
     """Refuse what is not a loaded model (``None``, a hub id string, a plain module) before touching it."""
-        if call.video_outputs() is not None:
-            from tokred.pipeline._video import video_text_like
-
-            structural = video_text_like(self.adapter, call.video_outputs())
-            frames = self.adapter.video_placeholder_mask(ids)
-            if structural is not None and int(frames.sum()) == structural.numel():
-                visual = visual.clone()
-                visual[frames] = ~structural.to(ids.device)
     if model is None:
         raise UnsupportedModelError("patch() got None instead of a model; load one first, then patch(model, ...)")
     if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
