@@ -254,8 +254,10 @@ class PreLLMStage:
         slots = _image_slots(self.adapter.placeholder_mask(ids), orig or counts) if plans else []
         if video is None and plans and self.merger is not None and self.merger.temporal:
             plans = _video.images_as_clips(slots, plans, feats, grids, self.merger)
-        vslots, vplans = ([], []) if video is None else _video.plan_videos(
-            video, self.adapter, self.merger, ids, _video.video_texts(self, kwargs, video, ids)
+        vslots, vplans = (
+            ([], [])
+            if video is None
+            else _video.plan_videos(video, self.adapter, self.merger, ids, _video.video_texts(self, kwargs, video, ids))
         )
         every = sorted(range(len(slots) + len(vslots)), key=lambda i: (slots + vslots)[i][:2])  # prompt order
         src, valid, visual, placed = self._layout(
@@ -274,6 +276,10 @@ class PreLLMStage:
             self._reduce_injected(out, plans)
             new.set_image_outputs(out)
         other = self.adapter.visual_mask(new.input_ids) & ~self.adapter.placeholder_mask(new.input_ids)
+        if video is not None:
+            _video.finish_videos(video, vplans)
+            new.set_video_outputs(video.out)
+            other &= ~self.adapter.video_placeholder_mask(new.input_ids)
         self.state.pending_visual = visual | other
         self.state.pending_pad = new.attention_mask.bool()
         self.state.pending_visual_in = int(self.adapter.visual_mask(ids).sum())
@@ -284,10 +290,6 @@ class PreLLMStage:
         injected = hf.injected_features(out)
         if injected is None:
             return
-        if video is not None:
-            _video.finish_videos(video, vplans)
-            new.set_video_outputs(video.out)
-            other &= ~self.adapter.video_placeholder_mask(new.input_ids)
         if any(p.source is None for p in plans):
             raise UnsupportedModeError(
                 "this model adds visual features inside the LLM (DeepStack), which tokred reduces by each image's "
