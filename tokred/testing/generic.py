@@ -40,6 +40,12 @@ _VISION = dict(
     num_hidden_layers=2, depth=2, hidden_size=32, intermediate_size=64, num_attention_heads=2, num_heads=2,
     out_hidden_size=64, embed_dim=32, projection_dim=64, num_key_value_heads=2,
 )  # fmt: skip
+#: Per-family config additions the default config lacks but the modeling code reads.
+_CONFIG_EXTRAS: dict[str, dict[str, Any]] = {
+    # the thinker's get_rope_index reads the full Omni config's vision_start_token_id (its default there)
+    "qwen2_5_omni_thinker": {"vision_start_token_id": 151652},
+    "qwen3_omni_moe_thinker": {"vision_start_token_id": 151652},
+}
 _TEXT_NAMES = ("text_config", "llm_config", "language_config", "text_model_config")
 
 
@@ -85,6 +91,9 @@ def _shrink(cfg: Any, over: dict[str, int]) -> None:
         old = old_values[key]
         if isinstance(old, int) and not isinstance(old, bool):
             setattr(cfg, key, value)
+    if "head_dim" in vars(cfg) and cfg.head_dim is None and isinstance(getattr(cfg, "hidden_size", None), int):
+        heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "num_heads", None)
+        cfg.head_dim = cfg.hidden_size // heads if isinstance(heads, int) and heads > 0 else None  # "derive it"
     n = getattr(cfg, "num_hidden_layers", None)
     if not isinstance(n, int) or not isinstance(depth, int):
         return
@@ -128,6 +137,8 @@ def _build(model_type: str) -> Any:
     if cls is None:
         raise NotBuildable(f"transformers exports no {image_text_families()[model_type]}")
     cfg = AutoConfig.for_model(model_type)
+    for key, value in _CONFIG_EXTRAS.get(model_type, {}).items():
+        setattr(cfg, key, value)
     vision_cls = (getattr(cfg, "sub_configs", None) or {}).get("vision_config")
     if getattr(cfg, "vision_config", "") is None and vision_cls not in (None, tf.AutoConfig):
         cfg.vision_config = vision_cls()  # a default config without a vision tower (Gemma 4): give it one
@@ -143,7 +154,8 @@ def _build(model_type: str) -> Any:
         _shrink(cfg, _TEXT)
     elif isinstance(_raw(cfg, "hidden_size"), int):
         cfg.hidden_size = _TEXT["hidden_size"]  # a top-level copy of the LLM width (e.g. a visual embedding table)
-    _shrink_projector(cfg, width, vision_width)
+    for sub in [cfg, *(sub for name, sub in subs.items() if name not in _TEXT_NAMES)]:
+        _shrink_projector(sub, width, vision_width)
     _fix_config(cfg, _modeling_source(cls, cfg.get_text_config()))
     torch.manual_seed(0)
     model = cls(cfg).eval()
@@ -276,7 +288,7 @@ def _recipes(model: Any) -> list[tuple[str, Pixels]]:
     extra = required - {"pixel_values"}
     s = _size(vc, "image_size", 224)
     if "image_grid_thw" in params:
-        return _grid_recipes(vc, c)
+        return _grid_recipes(vc, c, "image_merge_sizes" in params)
     if "image_sizes" in params and getattr(model.config, "image_grid_pinpoints", None):
         return [_anyres_recipe(model, base, c, s)]
     if extra == {"image_sizes"} or ("image_sizes" in params and "image_sizes" in required):
@@ -300,9 +312,9 @@ def _recipes(model: Any) -> list[tuple[str, Pixels]]:
     return [("plain", plain)]
 
 
-def _grid_recipes(vc: Any, c: int) -> list[tuple[str, Pixels]]:
+def _grid_recipes(vc: Any, c: int, merge_sizes: bool = False) -> list[tuple[str, Pixels]]:
     """Qwen-style patches with ``image_grid_thw`` = [1, h, w], h = w = 2 x the merge size: flattened (B·h·w,
-    C·t·p·p), or unflattened (B·h·w, C, p, p) or (1, B·h·w, C, p, p)."""
+    C·t·p·p), or unflattened (B·h·w, C, p, p) or (1, B·h·w, C, p, p); ``image_merge_sizes`` where asked for."""
     p = _size(vc, "patch_size", 14)
     t = _size(vc, "temporal_patch_size", 0) or _size(vc, "patch_temporal", 1)
     m = _size(vc, "spatial_merge_size", 0) or _size(vc, "merge_size", 0) or _size(vc, "merge_kernel_size", 2)
@@ -312,7 +324,8 @@ def _grid_recipes(vc: Any, c: int) -> list[tuple[str, Pixels]]:
     def make(shape: tuple[int, ...], lead: bool) -> Pixels:
         def grid(b: int, g: torch.Generator) -> dict[str, torch.Tensor]:
             pv = torch.randn(b * side * side, *shape, generator=g)
-            return {"pixel_values": pv[None] if lead else pv, "image_grid_thw": torch.tensor([[1, side, side]] * b)}
+            out = {"pixel_values": pv[None] if lead else pv, "image_grid_thw": torch.tensor([[1, side, side]] * b)}
+            return {**out, "image_merge_sizes": torch.tensor([m] * b)} if merge_sizes else out
 
         return grid
 
@@ -336,7 +349,7 @@ def _anyres_recipe(model: Any, base: Any, c: int, s: int) -> tuple[str, Pixels]:
 
 def _patch_position_recipe(vc: Any, c: int, key: str) -> tuple[str, Pixels]:
     """Gemma-4-style patch sequences: (B, P, C·p·p) with (x, y) patch positions, P = (2k)^2 for a k x k pooling."""
-    p, k = _size(vc, "patch_size", 16), _size(vc, "pooling_kernel_size", 1)
+    p, k = _size(vc, "model_patch_size", 0) or _size(vc, "patch_size", 16), _size(vc, "pooling_kernel_size", 1)
     side = 2 * k
     ys, xs = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
     where = torch.stack([xs, ys], -1).reshape(1, side * side, 2)
