@@ -18,13 +18,13 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tokred._components import Strategy
 from tokred.adapters import hf
@@ -48,32 +48,106 @@ class CompareSettings(BaseModel):
     limit: int | None = Field(300, ge=1, description="Evaluate only the first N samples.")
     batch_size: int = Field(8, ge=1, le=512, description="Samples per generate() call (left-padded).")
     seed: int = Field(0, ge=0, description="Seed for the bootstrap and any seeded strategy.")
-    strategies: list[str] = Field(default_factory=lambda: ["aim", "fastv"], description="Strategies to compare.")
-    options: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Per-strategy options.")
-    match: tuple[Literal["flops", "tokens"], float] | None = Field(None, description="Budget to match.")
+    strategies: list[str] = Field(
+        default_factory=lambda: ["aim", "fastv"],
+        description="Strategies to compare: a name, or a configured variant NAME@KEY=VALUE[@KEY=VALUE...].",
+    )
+    options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Options per strategy name (applied to every variant of that name)."
+    )
+    match: tuple[Literal["flops", "tokens"], list[float]] | None = Field(
+        None, description="Budgets to match: a kind and one target (a single point) or several (a sweep)."
+    )
     max_new_tokens: int = Field(4, ge=1, le=64, description="Greedy tokens generated per answer.")
     timing_repeats: int = Field(5, ge=1, le=100, description="Timed rounds for latency (after one warm-up).")
     timing_new_tokens: int = Field(8, ge=2, le=128, description="Tokens generated to time the decode step.")
+    batch_sizes: list[int] = Field(
+        default_factory=list, description="Batch sizes of the latency-vs-batch table (empty: no table)."
+    )
     convention: Literal["llm-viewer", "fastv"] = Field("llm-viewer", description="FLOPs convention.")
     output: Path | None = Field(None, description="Folder for samples.jsonl, summary files and plots.")
     match_tolerance: float = Field(0.02, gt=0, le=1, description="Relative tolerance of --match.")
     plot: bool = Field(False, description="Also draw the kept-patch picture (into output).")
     picture_samples: int = Field(4, ge=1, le=16, description="Samples shown in the kept-patch picture.")
 
+    @field_validator("match", mode="before")
+    @classmethod
+    def _one_or_more_targets(cls, value: Any) -> Any:
+        if isinstance(value, (tuple, list)) and len(value) == 2 and isinstance(value[1], (int, float)):
+            return (value[0], [value[1]])
+        return value
+
+    @field_validator("match")
+    @classmethod
+    def _targets_in_range(cls, value: Any) -> Any:
+        if value is not None:
+            check_targets(value[0], value[1])
+        return value
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _batch_sizes_positive(cls, value: list[int]) -> list[int]:
+        if any(b < 1 or b > 512 for b in value) or len(set(value)) != len(value):
+            raise ValueError(f"batch sizes must be distinct integers in [1, 512], got {value}")
+        return value
+
+
+def check_targets(kind: str, targets: Sequence[float]) -> None:
+    """Refuse an empty, repeated, non-finite or out-of-range list of ``--match`` targets.
+
+    Raises:
+        ValueError: Naming the first bad target (pydantic turns it into a validation error).
+    """
+    if not targets:
+        raise ValueError(f"--match {kind}=: give at least one target")
+    for t in targets:
+        if not math.isfinite(t):
+            raise ValueError(f"--match {kind}={t}: the target must be a finite number")
+        if kind == "flops" and not 0 < t <= 1:
+            raise ValueError(f"--match flops={t:g}: the relative FLOPs budget must be in (0, 1]")
+        if kind == "tokens" and t <= 0:
+            raise ValueError(f"--match tokens={t:g}: the token budget must be positive")
+    if len(set(targets)) != len(targets):
+        raise ValueError(f"--match {kind}={','.join(f'{t:g}' for t in targets)}: a target is given twice")
+
 
 @dataclass
 class Variant:
-    """One row of the comparison: a label, its strategy, and how its budget was matched."""
+    """One point of the comparison: a label, its configured strategy, and the budget it was matched to.
+
+    Attributes:
+        label: The strategy as named on the command line (``fastv`` or ``fastv@keep_ratio=0.25``).
+        strategy: The configured strategy (its knob set by the budget search under ``--match``).
+        knob_value: The budget knob's value found by the search (``None`` without ``--match``).
+        predicted_budget: The budget the model-free prediction gives at that knob value.
+        target: The ``--match`` target this point was searched for (``None`` without ``--match``).
+        on_target: Whether the prediction is within the tolerance of the target (an off-target point is evaluated
+            at the nearest reachable budget, reported as such and left out of the paired tests).
+        kind: ``"flops"`` or ``"tokens"`` (under ``--match``).
+    """
 
     label: str
     strategy: Strategy
     knob_value: float | None = None
     predicted_budget: float | None = None
+    target: float | None = None
+    on_target: bool = True
+    kind: str | None = None
+
+    @property
+    def id(self) -> str:
+        """Unique name of the point: the label, plus the budget under ``--match`` (``fastv flops=0.25``)."""
+        return self.label if self.target is None else f"{self.label} {self.kind}={self.target:g}"
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The strategy's full options (JSON-ready), which with the label identify its records in the log."""
+        return self.strategy.config.model_dump(mode="json")
 
 
 @dataclass
 class CompareResult:
-    """What ``run_compare`` returns: one summary row per variant (baseline first) and the per-sample records."""
+    """What ``run_compare`` returns: one summary row per point (baseline first) and the per-sample records."""
 
     rows: list[dict[str, Any]]
     records: list[dict[str, Any]]
@@ -210,19 +284,75 @@ def load_runner(model: str | None) -> Runner:
     return runner
 
 
+def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """Split a strategy as named on the command line into its registry name and options.
+
+    The syntax is ``NAME`` or ``NAME@KEY=VALUE[@KEY=VALUE...]``: ``fastv@keep_ratio=0.25``,
+    ``aim@l1=3@l2=6``. Values are read like ``-o`` values (numbers, ``true``/``false``, JSON lists, else strings).
+
+    Raises:
+        ConfigError: For an empty name, a part without ``=``, an empty key or a key given twice.
+    """
+    from tokred.cli._options import parse_value
+
+    name, *parts = spec.split("@")
+    if not name.strip():
+        raise ConfigError(f"-s {spec!r}: no strategy name before '@'; write e.g. -s fastv@keep_ratio=0.25")
+    options: dict[str, Any] = {}
+    for part in parts:
+        key, eq, value = part.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise ConfigError(f"-s {spec!r}: '{part}' must look like key=value, e.g. -s fastv@keep_ratio=0.25")
+        if key in options:
+            raise ConfigError(f"-s {spec!r}: option '{key}' is given twice")
+        options[key] = parse_value(value)
+    return name.strip(), options
+
+
+def spec_options(spec: str, settings: CompareSettings) -> tuple[str, dict[str, Any]]:
+    """Name and merged options of one ``--strategies`` entry: ``-o NAME.KEY`` options plus its ``@`` options.
+
+    Raises:
+        ConfigError: If a key is set both ways.
+    """
+    name, own = parse_spec(spec)
+    shared = settings.options.get(name, {})
+    both = sorted(set(own) & set(shared))
+    if both:
+        raise ConfigError(f"-s {spec!r} and -o {name}.{both[0]} both set {both[0]}; set it once")
+    return name, {**shared, **own}
+
+
 def build_variants(settings: CompareSettings) -> list[Variant]:
-    """The baseline plus every requested strategy with its options (unknown names and options fail here)."""
+    """The baseline plus every requested strategy or variant with its options (unknown names and options, and two
+    entries with the same configuration, fail here)."""
     import tokred
 
-    names = [n for n in settings.strategies if n != BASELINE]
+    specs = [s for s in settings.strategies if s != BASELINE]
+    names = [parse_spec(s)[0] for s in specs]
     unknown_opts = set(settings.options) - set(names)
     if unknown_opts:
         raise ConfigError(f"options given for {sorted(unknown_opts)}, which are not among the strategies {names}")
     variants = [Variant(BASELINE, tokred.create_strategy(BASELINE))]
-    for name in names:
-        strategy = tokred.create_strategy(name, **settings.options.get(name, {}))
+    seen: dict[str, str] = {}
+    for spec in specs:
+        name, options = spec_options(spec, settings)
+        try:
+            strategy = tokred.create_strategy(name, **options)
+        except ConfigError as err:
+            if "@" not in spec:
+                raise
+            raise ConfigError(f"-s {spec}: {err}") from None
         _probe_schedule(strategy)
-        variants.append(Variant(name, strategy))
+        config = json.dumps([name, strategy.config.model_dump(mode="json")], sort_keys=True)
+        if config in seen:
+            raise ConfigError(
+                f"-s {seen[config]} and -s {spec} are the same configuration; compare different options "
+                "(e.g. fastv@keep_ratio=0.25 and fastv@keep_ratio=0.5)"
+            )
+        seen[config] = spec
+        variants.append(Variant(spec, strategy))
     return variants
 
 
@@ -258,28 +388,40 @@ def prompt_counts(runner: Runner, inputs: dict[str, torch.Tensor]) -> tuple[list
 # ----------------------------------------------------------------------------------------------- budget match
 
 
-def match_budgets(variants: list[Variant], settings: CompareSettings, counts: tuple[int, int], runner: Runner) -> None:
-    """Set each strategy's budget knob so that its predicted budget hits ``settings.match`` (in place).
+def match_budgets(
+    variants: list[Variant], settings: CompareSettings, counts: tuple[int, int], runner: Runner
+) -> list[Variant]:
+    """One point per (strategy, ``--match`` target): each strategy's budget knob searched for each target.
 
-    Raises:
-        ConfigError: If a strategy cannot reach the budget within the tolerance (the message says what it can reach).
+    A target a strategy cannot reach within ``match_tolerance`` gives a point at the nearest budget it can reach,
+    marked ``on_target=False`` (reported, drawn at its real cost, left out of the paired tests at that target).
+
+    Returns:
+        The baseline, then every strategy at the first target, every strategy at the second, and so on.
     """
     from tokred.budget import search_knob
 
     assert settings.match is not None
-    kind, target = settings.match
+    kind, targets = settings.match
     measure = _budget_measure(kind, runner, counts, settings.convention)
-    failures = []
-    for variant in variants[1:]:
-        found = search_knob(variant.strategy, measure, target)
-        variant.strategy, variant.knob_value, variant.predicted_budget = found.strategy, found.value, found.achieved
-        if found.relative_error > settings.match_tolerance:
-            failures.append(
-                f"'{variant.label}' reaches {kind}={found.achieved:.4g} at best ({variant.strategy.budget_knob}="
-                f"{found.value:.4g}), not {target:g} within {settings.match_tolerance:.0%}"
-            )
-    if failures:
-        raise ConfigError("budget not reachable: " + "; ".join(failures) + ". Choose another target or strategy.")
+    points = [variants[0]]
+    for target in targets:
+        for v in variants[1:]:
+            found = search_knob(v.strategy, measure, target)
+            on_target = found.relative_error <= settings.match_tolerance
+            points.append(Variant(v.label, found.strategy, found.value, found.achieved, target, on_target, kind))
+    return points
+
+
+def off_target_notes(points: Sequence[Variant], tolerance: float) -> list[str]:
+    """One warning per point that could not reach its target."""
+    return [
+        f"'{p.label}' cannot reach {p.kind}={p.target:g} within {tolerance:.0%}: evaluated at the nearest budget it "
+        f"reaches, {p.kind}={p.predicted_budget:.4g} ({p.strategy.budget_knob}={p.knob_value:.4g}), and left out of "
+        "the paired tests at that budget"
+        for p in points
+        if not p.on_target
+    ]
 
 
 def _budget_measure(kind: str, runner: Runner, counts: tuple[int, int], convention: str) -> Callable[[Strategy], float]:
@@ -364,7 +506,7 @@ def evaluate_variant(
             sink(records)
             done += len(chunk)
             if progress is not None:
-                progress(variant.label, done, len(samples))
+                progress(variant.id, done, len(samples))
 
 
 def _record(
@@ -372,7 +514,7 @@ def _record(
 ) -> dict[str, Any]:
     return {
         "strategy": variant.label,
-        "options": variant.strategy.config.model_dump(mode="json"),
+        "options": variant.options,
         "id": s.id,
         "qtype": s.qtype,
         "question": s.question,
@@ -391,30 +533,199 @@ def _record(
 # ---------------------------------------------------------------------------------------------------- timing
 
 
-def measure_costs(runner: Runner, variants: list[Variant], sample: Sample, settings: CompareSettings) -> dict[str, Any]:
-    """Prefill (time to first token) and per-token decode latency, interleaved across variants, plus KV-cache bytes
-    and peak memory, on one sample (batch size 1)."""
+def config_key(point: Variant) -> str:
+    """Points with the same label and options run the same model (two targets may find the same knob value)."""
+    return json.dumps([point.label, point.options], sort_keys=True)
+
+
+def distinct_configs(points: Sequence[Variant]) -> list[Variant]:
+    """The first point of each distinct (label, options), in order."""
+    seen: dict[str, Variant] = {}
+    for p in points:
+        seen.setdefault(config_key(p), p)
+    return list(seen.values())
+
+
+def measure_costs(
+    runner: Runner, points: list[Variant], samples: Sequence[Sample], settings: CompareSettings
+) -> dict[str, Any]:
+    """Costs of every point, measured interleaved across points so that background load hits all alike.
+
+    - prefill (time to first token) and per-token decode latency at batch size 1, on the first sample;
+    - throughput: samples per second of answer generation (``max_new_tokens`` tokens, every row generating all of
+      them) for a batch of ``batch_size`` samples;
+    - KV-cache bytes after the batch-1 prefill (read from the cache object) and the peak tensor memory of that
+      prefill (see [`peak_prefill_memory`][tokred.compare.peak_prefill_memory]).
+
+    Returns:
+        ``{point id: {column: value}}``.
+    """
+    configs = distinct_configs(points)
+    one = runner.encode(list(samples[:1]))
+    batch = runner.encode(_cycle(samples, settings.batch_size))
+    n_new, repeats = settings.timing_new_tokens, settings.timing_repeats
+    jobs = {"t1": (one, 1), "tn": (one, n_new), "batch": (batch, settings.max_new_tokens)}
+    timed = interleaved(runner, configs, jobs, repeats)
+    costs = {}
+    for c in configs:
+        with patched(runner.model, c.strategy):
+            memory = peak_prefill_memory(runner, one)
+        row = _cost_row(timed["t1"][config_key(c)], timed["tn"][config_key(c)], n_new, memory)
+        row["throughput_samples_per_s"] = settings.batch_size / _median(timed["batch"][config_key(c)])
+        row["throughput_batch_size"] = settings.batch_size
+        costs[config_key(c)] = row
+    return {p.id: dict(costs[config_key(p)]) for p in points}
+
+
+def batch_latency_table(
+    runner: Runner, points: list[Variant], samples: Sequence[Sample], settings: CompareSettings
+) -> list[dict[str, Any]]:
+    """Latency and throughput of answer generation at each of ``settings.batch_sizes`` for every point."""
+    configs = distinct_configs(points)
+    table = []
+    for size in settings.batch_sizes:
+        inputs = runner.encode(_cycle(samples, size))
+        jobs = {"batch": (inputs, settings.max_new_tokens)}
+        timed = interleaved(runner, configs, jobs, settings.timing_repeats)["batch"]
+        for p in points:
+            latency = _median(timed[config_key(p)])
+            table.append(
+                {
+                    "id": p.id,
+                    "strategy": p.label,
+                    "batch_size": size,
+                    "latency_s": latency,
+                    "samples_per_s": size / latency,
+                    "new_tokens": settings.max_new_tokens,
+                }
+            )
+    return table
+
+
+def interleaved(
+    runner: Runner,
+    configs: Sequence[Variant],
+    jobs: dict[str, tuple[dict[str, torch.Tensor], int]],
+    repeats: int,
+) -> dict[str, dict[str, list[float]]]:
+    """Wall times of ``generate`` per job and config; a job is (inputs, exactly this many new tokens).
+
+    One warm-up round, then ``repeats`` rounds, each starting at the next config so that no config is always first;
+    within a round a config runs every job under one patch.
+
+    Returns:
+        ``{job: {config_key: [seconds per round]}}``.
+    """
+    times: dict[str, dict[str, list[float]]] = {job: {config_key(c): [] for c in configs} for job in jobs}
+    for r in range(repeats + 1):  # round 0 is the warm-up
+        order = list(configs[r % len(configs) :]) + list(configs[: r % len(configs)])
+        for c in order:
+            with patched(runner.model, c.strategy):
+                seconds = {job: _timed_generate(runner, inputs, n_new) for job, (inputs, n_new) in jobs.items()}
+            if r > 0:
+                for job, value in seconds.items():
+                    times[job][config_key(c)].append(value)
+    return times
+
+
+def _cycle(samples: Sequence[Sample], size: int) -> list[Sample]:
+    """``size`` samples, repeating the list when it is shorter."""
+    return [samples[i % len(samples)] for i in range(size)]
+
+
+def _median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def peak_prefill_memory(runner: Runner, inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """KV-cache bytes and peak tensor memory of one prefill (``use_cache=True``) under the current patch.
+
+    The peak is the highest number of tensor bytes held during the prefill above what was held when it started, as
+    torch's allocator counts them: on CUDA ``torch.cuda.max_memory_allocated`` (after a reset), on CPU the stream of
+    allocations and frees that ``torch.profiler`` records with ``profile_memory=True`` (every CPU tensor, unlike
+    ``tracemalloc``; not the process's resident pages, which an allocator that reuses freed memory leaves unchanged).
+    When neither works the peak is ``None`` and ``peak_memory_method`` gives the reason.
+
+    Returns:
+        ``{"kv_cache_bytes": int, "peak_memory_bytes": int | None, "peak_memory_method": str}``.
+    """
     from tokred.bench import kv_cache_bytes, peak_memory
 
-    inputs = runner.encode([sample])
-    n_new = settings.timing_new_tokens
-    prefill: dict[str, list[float]] = {v.label: [] for v in variants}
-    total: dict[str, list[float]] = {v.label: [] for v in variants}
-    memory: dict[str, Any] = {}
-    for r in range(settings.timing_repeats + 1):  # round 0 is the warm-up
-        order = variants[r % len(variants) :] + variants[: r % len(variants)]
-        for v in order:
-            with patched(runner.model, v.strategy):
-                t1 = _timed_generate(runner, inputs, 1)
-                tn = _timed_generate(runner, inputs, n_new)
-                if r == 0:
-                    with peak_memory(runner.model.device) as mem, torch.inference_mode():
-                        out = runner.model(**inputs, use_cache=True)
-                    memory[v.label] = {"kv_cache_bytes": kv_cache_bytes(hf.output_cache(out)), "peak": mem}
-            if r > 0:
-                prefill[v.label].append(t1)
-                total[v.label].append(tn)
-    return {v.label: _cost_row(prefill[v.label], total[v.label], n_new, memory[v.label]) for v in variants}
+    device = runner.model.device
+    peak: int | None
+    if device.type == "cuda":
+        with peak_memory(device) as mem, torch.inference_mode():
+            out = runner.model(**inputs, use_cache=True)
+        peak, method = mem.delta_bytes, mem.method
+    elif device.type == "cpu":
+        out, peak, method = _profiled_prefill(runner, inputs)
+    else:
+        with torch.inference_mode():
+            out = runner.model(**inputs, use_cache=True)
+        peak, method = None, f"n/a: no tensor-accurate peak-memory reading on {device.type}"
+    return {
+        "kv_cache_bytes": kv_cache_bytes(hf.output_cache(out)),
+        "peak_memory_bytes": peak,
+        "peak_memory_method": method,
+    }
+
+
+def _profiled_prefill(runner: Runner, inputs: dict[str, torch.Tensor]) -> tuple[Any, int | None, str]:
+    """A CPU prefill under ``torch.profiler`` with memory profiling: (outputs, peak bytes above the start, method)."""
+    import tempfile
+
+    from torch.profiler import ProfilerActivity, profile
+
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    try:
+        with _quiet_stderr():  # kineto prints a line to fd 2 when it starts and stops
+            prof.start()
+        try:
+            with torch.inference_mode():
+                out = runner.model(**inputs, use_cache=True)
+        finally:
+            with _quiet_stderr():
+                prof.stop()
+        with tempfile.TemporaryDirectory() as folder:
+            trace = Path(folder) / "trace.json"
+            prof.export_chrome_trace(str(trace))
+            events = json.loads(trace.read_text()).get("traceEvents", [])
+    except (RuntimeError, OSError, ValueError) as err:
+        with torch.inference_mode():
+            out = runner.model(**inputs, use_cache=True)
+        return out, None, f"n/a: torch.profiler memory profiling failed ({type(err).__name__})"
+    return out, peak_from_trace(events), "CPU: torch.profiler allocation events"
+
+
+@contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null for the block (C++ libraries that print past Python's sys.stderr)."""
+    import os
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def peak_from_trace(events: Sequence[dict[str, Any]]) -> int:
+    """Highest running sum of the CPU ``[memory]`` events' ``Bytes`` (allocations +, frees -) of a chrome trace,
+    in time order; 0 when nothing was allocated."""
+    memory = [e for e in events if e.get("name") == "[memory]" and e.get("args", {}).get("Device Type", 0) == 0]
+    memory.sort(key=lambda e: float(e.get("ts", 0.0)))
+    held = peak = 0
+    for e in memory:
+        held += int(e["args"].get("Bytes", 0))
+        peak = max(peak, held)
+    return peak
 
 
 def _timed_generate(runner: Runner, inputs: dict[str, torch.Tensor], n_new: int) -> float:
@@ -434,34 +745,41 @@ def _cost_row(prefill: list[float], total: list[float], n_new: int, memory: dict
 
     pre = TimingStats.from_samples(prefill)
     decode = TimingStats.from_samples([(t - p) / (n_new - 1) for t, p in zip(total, prefill)])
-    peak = memory["peak"]
     return {
         "prefill_latency_s": pre.median,
         "prefill_latency_iqr_s": pre.iqr,
         "decode_latency_s": decode.median,
         "decode_latency_iqr_s": decode.iqr,
-        "kv_cache_bytes": memory["kv_cache_bytes"],
-        "peak_memory_bytes": peak.delta_bytes,  # growth over the resident size before the prefill
-        "peak_memory_method": peak.method,
+        **memory,
     }
 
 
 # --------------------------------------------------------------------------------------------------- summary
 
 
-def summarise(variants: list[Variant], records: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
-    """One row per variant: accuracy (+ 95 % bootstrap CI), agreement and McNemar p against the baseline, FLOPs and
-    token statistics."""
+def records_by_point(points: Sequence[Variant], records: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``{point id: {sample id: record}}``: each point's records are those of its label and options."""
+    by_config: dict[str, dict[str, dict[str, Any]]] = {}
+    for rec in records:
+        key = json.dumps([rec["strategy"], rec.get("options")], sort_keys=True)
+        by_config.setdefault(key, {})[str(rec["id"])] = rec
+    return {p.id: by_config.get(config_key(p), {}) for p in points}
+
+
+def summarise(
+    points: list[Variant], records: Sequence[dict[str, Any]], seed: int, alpha: float = 0.05
+) -> list[dict[str, Any]]:
+    """One row per point: accuracy (+ 95 % bootstrap CI), agreement and McNemar p against the baseline, the paired
+    tests against the other strategies at the same budget, FLOPs and token statistics."""
     from tokred.stats import bootstrap_ci, mcnemar_exact
 
-    by_label: dict[str, dict[str, dict[str, Any]]] = {}
-    for rec in records:
-        by_label.setdefault(rec["strategy"], {})[rec["id"]] = rec
-    base = by_label.get(BASELINE, {})
+    recs_of = records_by_point(points, records)
+    base = recs_of[points[0].id]
+    tests = pairwise_tests(points, recs_of, alpha)
     rows = []
-    for v in variants:
-        recs = by_label.get(v.label, {})
-        ids = [i for i in recs if i in base] if v.label != BASELINE else list(recs)
+    for p in points:
+        recs = recs_of[p.id]
+        ids = [i for i in recs if i in base] if p is not points[0] else list(recs)
         if not ids:
             continue
         correct = [bool(recs[i]["correct"]) for i in ids]
@@ -470,21 +788,81 @@ def summarise(variants: list[Variant], records: list[dict[str, Any]], seed: int)
         agree = [normalize_answer(recs[i]["prediction"]) == normalize_answer(base[i]["prediction"]) for i in ids]
         rows.append(
             {
-                "strategy": v.label,
-                "options": v.strategy.config.model_dump(mode="json"),
-                "budget_knob": v.strategy.budget_knob,
-                "knob_value": v.knob_value,
+                **_point_fields(p),
                 "n": len(ids),
                 "accuracy": acc,
                 "accuracy_ci_low": lo,
                 "accuracy_ci_high": hi,
                 "accuracy_by_type": _by_type(recs, ids),
                 "agreement": sum(agree) / len(agree),
-                "mcnemar_p": mcnemar_exact(correct, base_correct) if v.label != BASELINE else 1.0,
+                "mcnemar_p": mcnemar_exact(correct, base_correct) if p is not points[0] else 1.0,
+                **_pairwise_fields(p, tests),
                 **_token_stats(recs, ids),
             }
         )
     return rows
+
+
+def _point_fields(p: Variant) -> dict[str, Any]:
+    return {
+        "strategy": p.label,
+        "id": p.id,
+        "name": p.strategy.name,
+        "options": p.options,
+        "budget_knob": p.strategy.budget_knob,
+        "knob_value": p.knob_value,
+        "budget_kind": p.kind,
+        "budget_target": p.target,
+        "predicted_budget": p.predicted_budget,
+        "on_target": p.on_target,
+    }
+
+
+def pairwise_tests(
+    points: Sequence[Variant], recs_of: dict[str, dict[str, dict[str, Any]]], alpha: float = 0.05
+) -> list[dict[str, Any]]:
+    """Exact McNemar test of every pair of strategies at the same budget, Holm-corrected within each budget.
+
+    The baseline and off-target points take no part. Each pair is tested on the samples both have records for; the
+    Holm family is the ``m`` pairs at one budget (without ``--match``: all strategies as configured).
+
+    Returns:
+        One dict per pair: ``budget``, ``a``, ``b`` (point ids), ``n``, ``only_a``/``only_b`` (samples only that
+        one got right), ``p``, ``p_holm`` and ``indistinguishable`` (``p_holm >= alpha``).
+    """
+    from itertools import combinations
+
+    from tokred.stats import holm, mcnemar_exact
+
+    groups: dict[float | None, list[Variant]] = {}
+    for p in points[1:]:
+        if p.on_target:
+            groups.setdefault(p.target, []).append(p)
+    tests: list[dict[str, Any]] = []
+    for target, group in groups.items():
+        pairs = []
+        for a, b in combinations(group, 2):
+            ids = sorted(set(recs_of[a.id]) & set(recs_of[b.id]))
+            ca = [bool(recs_of[a.id][i]["correct"]) for i in ids]
+            cb = [bool(recs_of[b.id][i]["correct"]) for i in ids]
+            only_a = sum(x and not y for x, y in zip(ca, cb))
+            only_b = sum(y and not x for x, y in zip(ca, cb))
+            pair: dict[str, Any] = {"budget": target, "a": a.id, "b": b.id, "n": len(ids), "only_a": only_a,
+                                    "only_b": only_b, "p": mcnemar_exact(ca, cb)}  # fmt: skip
+            pairs.append(pair)
+        for pair, adjusted in zip(pairs, holm([t["p"] for t in pairs])):
+            pair["p_holm"] = adjusted
+            pair["indistinguishable"] = adjusted >= alpha
+        tests.extend(pairs)
+    return tests
+
+
+def _pairwise_fields(p: Variant, tests: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    mine = [(t["b"] if t["a"] == p.id else t["a"], t) for t in tests if p.id in (t["a"], t["b"])]
+    return {
+        "pairwise_p_holm": {other: t["p_holm"] for other, t in mine},
+        "indistinguishable_from": [other for other, t in mine if t["indistinguishable"]],
+    }
 
 
 def _by_type(recs: dict[str, dict[str, Any]], ids: list[str]) -> dict[str, float]:
@@ -527,22 +905,31 @@ def check_settings(settings: CompareSettings) -> None:
     """Checks of the settings that need neither the model nor the dataset.
 
     Raises:
-        ConfigError: For an option that sets the knob ``--match`` searches, or a non-finite ``--match`` target.
+        ConfigError: For an entry of ``--strategies`` given twice, and under ``--match``: an option that sets the
+            knob ``--match`` searches, or a strategy without a budget knob.
     """
     from tokred._api import get_strategy_class
 
+    repeated = sorted({s for s in settings.strategies if settings.strategies.count(s) > 1})
+    if repeated:
+        raise ConfigError(
+            f"-s {repeated[0]} is given twice; to compare two configurations of one strategy name them with options, "
+            "e.g. -s fastv@keep_ratio=0.25 -s fastv@keep_ratio=0.5"
+        )
     if settings.match is None:
         return
-    kind, target = settings.match
-    if not math.isfinite(target):
-        raise ConfigError(f"--match {kind}={target}: the target must be a finite number")
-    for name, opts in settings.options.items():
-        if name == BASELINE:
+    kind, targets = settings.match
+    budget = f"--match {kind}={','.join(f'{t:g}' for t in targets)}"
+    for spec in settings.strategies:
+        if spec == BASELINE:
             continue
+        name, opts = spec_options(spec, settings)
         knob = get_strategy_class(name).budget_knob
-        if knob is not None and knob in opts:
+        if knob is None:
+            raise ConfigError(f"-s {spec} has no budget knob, so {budget} cannot set its budget; drop one of them")
+        if knob in opts:
             raise ConfigError(
-                f"-o {name}.{knob}={opts[knob]} conflicts with --match {kind}={target:g}: --match sets {knob} itself; "
+                f"{spec} sets {knob}={opts[knob]}, which conflicts with {budget}: --match sets {knob} itself; "
                 "drop one of them"
             )
 
@@ -597,57 +984,110 @@ def _run(
     runner = load_runner(settings.model)
     samples = list(dataset)
     text, visual = prompt_counts(runner, runner.encode(samples[:1]))
+    points = variants
     if settings.match is not None:
-        match_budgets(variants, settings, (text[0], visual[0]), runner)
+        points = match_budgets(variants, settings, (text[0], visual[0]), runner)
+    for point in distinct_configs(points):  # what only the model can refuse (depth, family) fails before any sample
+        with patched(runner.model, point.strategy):
+            pass
     wanted = {s.id for s in samples}
-    for variant in variants:
-        options = variant.strategy.config.model_dump(mode="json")
-        done = log.done(variant.label, options)
+    for point in points:
+        done = log.done(point.label, point.options)
         todo = [s for s in samples if s.id not in done]
-        evaluate_variant(runner, variant, todo, settings, log.append_batch, progress)
-    records = [
-        r
-        for v in variants
-        for r in log.matching(v.label, v.strategy.config.model_dump(mode="json"))
-        if r["id"] in wanted
-    ]
-    rows = summarise(variants, records, settings.seed)
-    costs = measure_costs(runner, variants, samples[0], settings)
+        evaluate_variant(runner, point, todo, settings, log.append_batch, progress)
+    records = [r for p in distinct_configs(points) for r in log.matching(p.label, p.options) if r["id"] in wanted]
+    rows = summarise(points, records, settings.seed)
+    costs = measure_costs(runner, points, samples, settings)
     for row in rows:
-        row.update(costs[row["strategy"]])
-    info = {
-        "model": runner.name,
-        "samples": len(samples),
-        "dataset_errors": [str(e) for e in _errors(dataset)],
-        "log_healed_bytes": log.healed,
-    }
+        row.update(costs[row["id"]])
+    info = _info(runner, settings, points, samples, dataset, log)
+    info["pairwise"] = pairwise_tests(points, records_by_point(points, records))
+    if settings.batch_sizes:
+        info["batch_latency"] = batch_latency_table(runner, points, samples, settings)
     if settings.plot and settings.output is not None:
-        picture = kept_patch_picture(
-            runner, variants, samples[: settings.picture_samples], settings.output / "kept.png"
-        )
+        shown = picture_points(points)
+        picture = kept_patch_picture(runner, shown, samples[: settings.picture_samples], settings.output / "kept.png")
         info["kept_patch_picture"] = str(picture) if picture else None
     return CompareResult(rows=rows, records=records, settings=settings, info=info)
 
 
-def kept_patch_picture(runner: Runner, variants: list[Variant], samples: Sequence[Sample], path: Path) -> Path | None:
-    """Draw which patches each strategy kept for a few samples (needs a model whose images form a token grid)."""
-    from tokred.plots import kept_patch_figure, survival_depth
+def _info(
+    runner: Runner, settings: CompareSettings, points: list[Variant], samples: list[Sample], dataset: Any, log: Any
+) -> dict[str, Any]:
+    from tokred.stats import HOLM_NOTE
+
+    return {
+        "model": runner.name,
+        "samples": len(samples),
+        "dataset_errors": [str(e) for e in _errors(dataset)],
+        "log_healed_bytes": log.healed,
+        "off_target": off_target_notes(points, settings.match_tolerance),
+        "paired_tests": HOLM_NOTE,
+    }
+
+
+def picture_points(points: list[Variant]) -> list[Variant]:
+    """The points drawn in ``kept.png``: the baseline and every strategy at the middle ``--match`` target."""
+    targets = sorted({p.target for p in points[1:] if p.target is not None})
+    if not targets:
+        return points
+    middle = targets[len(targets) // 2]
+    return [points[0], *(p for p in points[1:] if p.target == middle)]
+
+
+def kept_patch_picture(runner: Runner, points: list[Variant], samples: Sequence[Sample], path: Path) -> Path | None:
+    """Draw which patches each point kept for a few samples, on the image as the model saw it (needs a model whose
+    images form a token grid; ``None`` otherwise)."""
+    from tokred.plots import kept_patch_figure
 
     grid = runner.image_grid
     if grid is None or not samples:
         return None
     inputs = runner.encode(samples)
+    depths, groups = survival_maps(runner, points, inputs)
+    return kept_patch_figure(model_view(runner, inputs, samples), depths, grid, path, groups)
+
+
+def survival_maps(
+    runner: Runner, points: Sequence[Variant], inputs: dict[str, torch.Tensor]
+) -> tuple[dict[str, list[list[float] | None]], dict[str, list[list[int] | None]]]:
+    """Per point and sample, one prefill each: the share of decoder layers that process each patch's token (see
+    [`survival_depth`][tokred.plots.survival_depth]) and the token each patch went into (see
+    [`token_groups`][tokred.plots.token_groups]).
+
+    Returns:
+        ``({point id: [depths per sample]}, {point id: [groups per sample]})``.
+    """
+    from tokred.plots import survival_depth, token_groups
+
+    ids, image_id = inputs["input_ids"], runner.image_token_id
     layers = int(text_config_of(runner.model).num_hidden_layers)
     depths: dict[str, list[list[float] | None]] = {}
-    for v in variants:
-        with patched(runner.model, v.strategy) as handle, torch.inference_mode():
+    groups: dict[str, list[list[int] | None]] = {}
+    for p in points:
+        with patched(runner.model, p.strategy) as handle, torch.inference_mode():
             runner.model.generate(**inputs, max_new_tokens=1, do_sample=False)
             stats = None if handle is None else handle.stats
-            depths[v.label] = [
-                survival_depth(stats, inputs["input_ids"], runner.image_token_id, b, layers)
-                for b in range(len(samples))
-            ]
-    return kept_patch_figure([s.image for s in samples], depths, grid, path)
+        depths[p.id] = [survival_depth(stats, ids, image_id, b, layers) for b in range(ids.shape[0])]
+        groups[p.id] = [token_groups(stats, image_id, ids, b) for b in range(ids.shape[0])]
+    return depths, groups
+
+
+def model_view(runner: Runner, inputs: dict[str, torch.Tensor], samples: Sequence[Sample]) -> list[Any]:
+    """The images as the model saw them (its processor's crop and resize, undone normalisation), one per sample;
+    the samples' own images when the processor does not say how it normalised."""
+    from PIL import Image
+
+    proc = getattr(getattr(runner, "processor", None), "image_processor", None)
+    pixels = inputs.get("pixel_values")
+    mean, std = getattr(proc, "image_mean", None), getattr(proc, "image_std", None)
+    if pixels is None or pixels.dim() != 4 or pixels.shape[0] != len(samples) or mean is None or std is None:
+        return [s.image for s in samples]
+    scale = float(getattr(proc, "rescale_factor", 1 / 255) or 1 / 255)
+    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    sd = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    rgb = ((pixels.float().cpu() * sd + m) / scale).clamp(0, 255).round().to(torch.uint8)  # (B, 3, H, W)
+    return [Image.fromarray(img.permute(1, 2, 0).numpy()) for img in rgb]
 
 
 def _errors(dataset: Any) -> list[Any]:

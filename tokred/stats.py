@@ -3,6 +3,7 @@
 - :func:`bootstrap_ci`: accuracy with a percentile-bootstrap confidence interval.
 - :func:`mcnemar_exact`: exact McNemar test on paired correctness (same samples, two models).
 - :func:`agreement`: fraction of samples on which two models gave the same answer.
+- :func:`holm`: Holm-Bonferroni adjusted p-values of a family of tests.
 
 numpy is imported inside the functions (cheap import of :mod:`tokred.stats`); scipy is not needed.
 """
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     import numpy as np
     from numpy.typing import NDArray
 
-__all__ = ["agreement", "bootstrap_ci", "mcnemar_exact"]
+__all__ = ["agreement", "bootstrap_ci", "holm", "mcnemar_exact"]
 
 _CHUNK = 1 << 22  # resampled values held in memory at once by the generic bootstrap path
 
@@ -163,3 +164,37 @@ def agreement(
     norm = normalize if normalize is not None else (lambda x: x)
     same = sum(norm(x) == norm(y) for x, y in zip(answers_a, answers_b, strict=True))
     return same / len(answers_a)
+
+
+HOLM_NOTE = (
+    "exact McNemar test for every pair of strategies at the same budget (baseline and off-target points excluded), "
+    "Holm-Bonferroni correction over the pairs of each budget; pairs with corrected p >= 0.05 are indistinguishable"
+)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (step-down), in the input order.
+
+    With the ``m`` p-values sorted ascending, ``p_(1) <= ... <= p_(m)``, the adjusted value of the ``k``-th is
+    ``max_{j <= k} min(1, (m - j + 1) · p_(j))``; rejecting every hypothesis whose adjusted value is below ``α``
+    controls the family-wise error rate at ``α`` under any dependence.
+
+    Args:
+        p_values: Raw p-values in [0, 1].
+
+    Returns:
+        Adjusted p-values, same length and order (``[]`` for no input).
+
+    Raises:
+        ValueError: If a value is outside [0, 1] or NaN.
+    """
+    values = [float(p) for p in p_values]
+    if any(not 0.0 <= p <= 1.0 for p in values):
+        raise ValueError(f"p-values must be in [0, 1], got {values}")
+    m = len(values)
+    adjusted = [0.0] * m
+    running = 0.0
+    for rank, i in enumerate(sorted(range(m), key=lambda j: values[j])):
+        running = max(running, min(1.0, (m - rank) * values[i]))
+        adjusted[i] = running
+    return adjusted

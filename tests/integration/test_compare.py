@@ -105,7 +105,18 @@ def test_bad_match_values(value):
 
 
 def test_strategy_lists_accept_commas_and_repeats():
-    assert parse_strategies(["aim,fastv", "random", "aim"]) == ["aim", "fastv", "random"]
+    assert parse_strategies(["aim,fastv", "random"]) == ["aim", "fastv", "random"]
+    assert parse_strategies(["aim@keep_ratios=[0.5,0.25],fastv@keep_ratio=0.2"]) == [
+        "aim@keep_ratios=[0.5,0.25]",
+        "fastv@keep_ratio=0.2",
+    ]
+
+
+def test_a_strategy_given_twice_is_refused_not_merged():
+    with pytest.raises(ConfigError, match="given twice"):
+        parse_strategies(["aim,fastv", "aim"])
+    with pytest.raises(ConfigError, match="same configuration"):
+        run_compare(settings(strategies=["fastv", "fastv@keep_ratio=0.5"]))  # 0.5 is fastv's default
 
 
 def test_cli_json_and_csv(tmp_path):
@@ -121,11 +132,15 @@ def test_cli_json_and_csv(tmp_path):
     assert csv_out.exit_code == 0 and csv_out.stdout.splitlines()[0].startswith("strategy,")
 
 
-def test_cli_unreachable_budget_is_a_clear_error():
+def test_cli_unreachable_budget_is_evaluated_nearest_and_flagged():
     runner = CliRunner()
-    out = runner.invoke(app, ["compare", "--model", "tiny", "-s", "pooling", "--limit", "2", "--match", "flops=0.5"])
-    assert isinstance(out.exception, ConfigError)
-    assert "budget not reachable" in str(out.exception) and "pooling" in str(out.exception)
+    args = ["compare", "--model", "tiny", "-s", "pooling", "--limit", "2", "--match", "flops=0.5", "--format", "json"]
+    out = runner.invoke(app, [*args, "--timing-repeats", "1"])
+    assert out.exit_code == 0, out.output
+    assert "warning: 'pooling' cannot reach flops=0.5 within 2%" in out.stderr
+    row = json.loads(out.stdout)["rows"][1]
+    assert row["on_target"] is False and row["budget_target"] == 0.5
+    assert abs(row["relative_flops"] - 0.5) > 0.01  # reported at the budget it really reached
 
 
 def test_settings_forbid_unknown_fields():

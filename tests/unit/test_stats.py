@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from tokred.stats import agreement, bootstrap_ci, mcnemar_exact
+from tokred.stats import agreement, bootstrap_ci, holm, mcnemar_exact
 
 
 def paired(only_a: int, only_b: int, both: int = 5, neither: int = 3) -> tuple[list[bool], list[bool]]:
@@ -93,3 +93,23 @@ def test_agreement():
         agreement(["a"], ["a", "b"])
     with pytest.raises(ValueError, match="empty"):
         agreement([], [])
+
+
+def test_holm_known_values():
+    # sorted 0.01, 0.02, 0.03, 0.5 -> 4·0.01, 3·0.02, max(0.06, 2·0.03), max(0.06, 0.5); back in input order
+    assert holm([0.03, 0.5, 0.01, 0.02]) == pytest.approx([0.06, 0.5, 0.04, 0.06])
+    assert holm([0.4, 0.4]) == pytest.approx([0.8, 0.8])
+    assert holm([0.9, 0.8]) == [1.0, 1.0]  # capped at 1
+    assert holm([0.2]) == [0.2] and holm([]) == []
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        holm([0.5, float("nan")])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_holm_is_monotone_and_never_below_raw(seed):
+    raw = np.random.default_rng(seed).uniform(0, 0.2, size=7).tolist()
+    adjusted = holm(raw)
+    assert all(q >= p for p, q in zip(raw, adjusted))
+    order = sorted(range(7), key=lambda i: raw[i])
+    assert [adjusted[i] for i in order] == sorted(adjusted)  # step-down keeps the order of the raw p-values
+    assert min(adjusted) == pytest.approx(7 * min(raw))  # the smallest gets the full Bonferroni factor

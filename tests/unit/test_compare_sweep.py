@@ -1,0 +1,88 @@
+"""Pieces of ``tokred compare`` 2.0 that need no model: variant specs, paired tests, the frontier, peak memory."""
+
+from __future__ import annotations
+
+import pytest
+
+import tokred
+from tokred.compare import CompareSettings, Variant, build_variants, pairwise_tests, parse_spec, peak_from_trace
+from tokred.errors import ConfigError
+from tokred.plots import pareto_front
+
+
+def test_spec_syntax():
+    assert parse_spec("fastv") == ("fastv", {})
+    assert parse_spec("fastv@keep_ratio=0.25") == ("fastv", {"keep_ratio": 0.25})
+    assert parse_spec("aim@l1=3@l2=6@mode=drop") == ("aim", {"l1": 3, "l2": 6, "mode": "drop"})
+    for bad, message in (("@keep_ratio=1", "no strategy name"), ("fastv@keep_ratio", "key=value"),
+                         ("fastv@=3", "key=value"), ("fastv@a=1@a=2", "twice")):  # fmt: skip
+        with pytest.raises(ConfigError, match=message):
+            parse_spec(bad)
+
+
+def test_variants_are_separate_points_with_their_options():
+    settings = CompareSettings(
+        strategies=["fastv@keep_ratio=0.25", "fastv@keep_ratio=0.75"], options={"fastv": {"layer": 1}}
+    )
+    variants = build_variants(settings)
+    assert [v.label for v in variants] == ["none", "fastv@keep_ratio=0.25", "fastv@keep_ratio=0.75"]
+    assert [v.strategy.config.keep_ratio for v in variants[1:]] == [0.25, 0.75]
+    assert all(v.strategy.config.layer == 1 for v in variants[1:])  # -o applies to every variant of the name
+
+
+def test_variant_option_errors_name_the_variant():
+    with pytest.raises(ConfigError, match="-s fastv@keep_ratio=2"):
+        build_variants(CompareSettings(strategies=["fastv@keep_ratio=2"]))
+    with pytest.raises(ConfigError, match="set it once"):
+        build_variants(CompareSettings(strategies=["fastv@layer=1"], options={"fastv": {"layer": 2}}))
+
+
+def test_match_settings_accept_one_or_several_targets():
+    assert CompareSettings(match=("flops", 0.25)).match == ("flops", [0.25])
+    assert CompareSettings(match=("flops", [0.15, 0.4])).match == ("flops", [0.15, 0.4])
+    for bad in (("flops", [0.2, 0.2]), ("flops", [0.5, 1.5]), ("tokens", [-1.0]), ("flops", [])):
+        with pytest.raises(ValueError):
+            CompareSettings(match=bad)
+
+
+def _point(label: str, target: float | None, on_target: bool = True) -> Variant:
+    return Variant(label, tokred.create_strategy(label.split("@")[0]), 0.5, target, target, on_target, "flops")
+
+
+def _records(correct: list[int]) -> dict[str, dict[str, object]]:
+    return {str(i): {"correct": bool(c)} for i, c in enumerate(correct)}
+
+
+def test_pairwise_tests_are_per_budget_holm_corrected_and_skip_off_target():
+    base = Variant("none", tokred.create_strategy("none"))
+    points = [base, _point("fastv", 0.25), _point("random", 0.25), _point("pooling", 0.25, on_target=False),
+              _point("fastv", 0.5), _point("random", 0.5)]  # fmt: skip
+    strong, weak = [1] * 20, [0] * 12 + [1] * 8
+    recs = {base.id: _records(strong), "fastv flops=0.25": _records(strong), "random flops=0.25": _records(weak),
+            "pooling flops=0.25": _records(weak), "fastv flops=0.5": _records(strong),
+            "random flops=0.5": _records(strong)}  # fmt: skip
+    tests = pairwise_tests(points, recs)
+    assert [(t["budget"], t["a"], t["b"]) for t in tests] == [
+        (0.25, "fastv flops=0.25", "random flops=0.25"),
+        (0.5, "fastv flops=0.5", "random flops=0.5"),
+    ]
+    low, high = tests
+    assert (low["only_a"], low["only_b"], low["n"]) == (12, 0, 20)
+    assert low["p"] == pytest.approx(2 * 0.5**12) and low["p_holm"] == low["p"]  # one pair per budget: m = 1
+    assert not low["indistinguishable"] and high["indistinguishable"] and high["p"] == 1.0
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    rows = [{"strategy": s, "accuracy": a, "relative_flops": f} for s, a, f in
+            [("none", 0.9, 1.0), ("a", 0.8, 0.25), ("b", 0.7, 0.3), ("c", 0.85, 0.4), ("d", 0.6, 0.15),
+             ("e", 0.85, 0.5)]]  # fmt: skip
+    assert [r["strategy"] for r in pareto_front(rows, "relative_flops")] == ["d", "a", "c", "none"]
+
+
+def test_peak_from_trace_follows_allocations_and_frees_in_time_order():
+    def mem(ts: float, nbytes: int, device: int = 0) -> dict[str, object]:
+        return {"name": "[memory]", "ts": ts, "args": {"Bytes": nbytes, "Device Type": device}}
+
+    events = [mem(3, -4), mem(1, 4), mem(2, 8), mem(4, 2), {"name": "aten::mm", "ts": 2.5}, mem(2.2, 100, device=1)]
+    assert peak_from_trace(events) == 12  # 4 then 4+8; the CUDA event (device 1) and the op are ignored
+    assert peak_from_trace([]) == 0
