@@ -84,8 +84,12 @@ def render() -> str:
         )
     parts.append(f"## `tokred`\n\n```text\n{root_help}```\n")
     for name in names:
-        text, _ = _help(group.commands[name], name, root_ctx)
+        command = group.commands[name]
+        text, ctx = _help(command, name, root_ctx)
         parts.append(f"## `tokred {name}`\n\n```text\n{text}```\n")
+        for sub, sub_command in getattr(command, "commands", {}).items():  # a command group: each subcommand too
+            sub_text, _ = _help(sub_command, sub, ctx)
+            parts.append(f"## `tokred {name} {sub}`\n\n```text\n{sub_text}```\n")
     return "\n".join(parts)
 
 

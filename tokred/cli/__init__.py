@@ -12,6 +12,7 @@ from typing import Any
 
 import typer
 
+from tokred.cli.analyze import analyze_app
 from tokred.cli.bench import bench_command
 from tokred.cli.compare import compare_command
 from tokred.cli.flops import flops_command
@@ -52,6 +53,7 @@ app.command("plugins")(_interruptible(plugins_command))
 app.command("compare")(_interruptible(compare_command))
 app.command("flops")(_interruptible(flops_command))
 app.command("bench")(_interruptible(bench_command))
+app.add_typer(analyze_app, name="analyze")
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2

@@ -240,3 +240,27 @@ def _propagate(pi: torch.Tensor, blocks: list[tuple[int, torch.Tensor, torch.Ten
         c, hi = block.shape[1], block.shape[2]
         out[:, :hi] += torch.bmm((pi[:, lo : lo + c] * weight)[:, None], block)[:, 0]  # (G, hi)
     return out
+
+
+@torch.no_grad()
+def attention_map_rank(probs: torch.Tensor, *, zero_diagonal: bool = True) -> torch.Tensor:
+    """Numerical rank of every head's attention map (gamma-MoD's ARank, arXiv:2410.13859).
+
+    Args:
+        probs: Attention probabilities, shape (B, H, N, N) (row = query, column = key; causal rows sum to 1).
+        zero_diagonal: Zero each token's attention to itself first, as the paper does.
+
+    Returns:
+        The rank of each (N, N) map, shape (B, H), int64: the number of singular values above
+        ``N * eps * sigma_max`` (``torch.linalg.matrix_rank``'s default tolerance) in float32.
+
+    Example:
+        >>> probs = torch.tril(torch.ones(1, 1, 4, 4)) / torch.arange(1, 5.0)[:, None]  # uniform causal rows
+        >>> attention_map_rank(probs).tolist()  # strictly lower triangular after zeroing: rank N - 1
+        [[3]]
+    """
+    maps = probs.float()
+    if zero_diagonal:
+        n = maps.shape[-1]
+        maps = maps.masked_fill(torch.eye(n, dtype=torch.bool, device=maps.device), 0.0)  # (B, H, N, N)
+    return torch.linalg.matrix_rank(maps)  # (B, H)
