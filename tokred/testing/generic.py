@@ -102,6 +102,9 @@ def _shrink(cfg: Any, over: dict[str, int]) -> None:
     sel = _pick_layers(depth, n, types, overrides) if spec is not None else list(range(n))
     if isinstance(types, list) and types:
         cfg.layer_types = [(types * n)[j] for j in sel] if spec is None else [types[j] for j in sel]
+    for key, value in list(vars(cfg).items()):  # other per-layer lists (e.g. dense / sparse MLP kinds)
+        if key.endswith("layer_types") and key != "layer_types" and isinstance(value, list) and len(value) == depth:
+            setattr(cfg, key, [value[j] for j in sel])
     if spec is not None:
         cfg.per_layer_config = {
             i: {k: _scaled(v, old_values.get(k), getattr(cfg, k, None)) for k, v in overrides[j].items()}
@@ -169,7 +172,8 @@ def _build(model_type: str) -> Any:
 def _shrink_projector(cfg: Any, width: Any, vision_width: Any) -> None:
     """Top-level projector widths (``*_hidden_size``) copying the LLM's or the tower's (times a merge), shrunk alike."""
     for key, value in list(vars(cfg).items()):
-        if not key.endswith("hidden_size") or key == "hidden_size" or not isinstance(value, int):
+        width_like = key.endswith(("hidden_size", "_in_dim", "_out_dim")) and key != "hidden_size"
+        if not width_like or not isinstance(value, int) or isinstance(value, bool):
             continue
         if isinstance(width, int) and width > 0 and value % width == 0:
             setattr(cfg, key, _TEXT["hidden_size"] * (value // width))
@@ -249,7 +253,7 @@ def _fix_mrope(tc: Any, source: str) -> None:
         factor = rope.get("partial_rotary_factor", _raw(tc, "partial_rotary_factor") or 1.0)
         target, sec = int(head_dim * factor) // 2, list(rope["mrope_section"])
         new = [max(1, s * target // sum(sec)) for s in sec]
-        new[0] += target - sum(new)
+        new[-1] += target - sum(new)  # the last (temporal) axis takes the rest: equal h / w axes stay equal
         rope["mrope_section"] = new
 
 
