@@ -57,8 +57,9 @@ VARIANT_DEFAULTS: dict[str, tuple[float, tuple[int, int], int]] = {
 
 
 def resolve_variant(variant: Variant) -> str:
-    """The variant whose defaults apply: ``"auto"`` is ``"image"``, because tokred's pre-LLM stage receives image
-    features (it has no video-frame path); choose ``"video"`` for frames (e.g. to reproduce AIM's video FLOPs)."""
+    """The variant whose defaults apply to images: ``"auto"`` is ``"image"`` there; its components switch to the
+    ``"video"`` defaults for a video input (``for_video``: the pre-LLM stage on video frames, the in-LLM stage on a
+    prompt with video, ``tokred flops`` with several frames)."""
     return "image" if variant == "auto" else variant
 
 
@@ -139,8 +140,21 @@ class AimMerger(BaseMerger):
             description="Match on the projected features (AIM video) or the vision tower's last-layer keys "
             "(AIM image variant; the adapter captures them).",
         )
+        video_keep_ratio: float | None = Field(
+            None,
+            gt=0.0,
+            le=1.0,
+            description="Keep ratio for the frames of a video input (merged on the features); None = keep_ratio.",
+        )
 
     config: AimMerger.Config
+
+    def for_video(self) -> AimMerger:
+        """This merger with ``video_keep_ratio`` (and the feature metric) for video frames, when one is set."""
+        c = self.config
+        if c.video_keep_ratio is None:
+            return self
+        return AimMerger(keep_ratio=c.video_keep_ratio, order=c.order, metric="features")
 
     def output_count(self, n: int, grid: tuple[int, int] | None = None) -> int:
         return n - sum(merge_rounds(n, self.config.keep_ratio))
@@ -186,7 +200,7 @@ class _PruneOptions(ComponentConfig):
     variant: Variant = Field(
         "auto",
         description="Paper defaults to use: image (keep 0.4375, (13, 21) of 32 layers), video (keep 0.25 per frame, "
-        "(14, 22) of 28 layers), auto = image (tokred's pipeline feeds image features).",
+        "(14, 22) of 28 layers), auto = image for images, video for video frames.",
     )
     l1: int | None = Field(
         None, ge=1, description="Last 1-indexed layer keeping all visual tokens; None = the variant's, depth-scaled."
@@ -213,8 +227,17 @@ class ScaledLinearScheduler(LinearScheduler):
             description="Default (l1, l2) from a paper variant, scaled to the depth: image (13, 21) of 32 layers, "
             "video (14, 22) of 28; None = (14, 22) at 28 layers, (13, 21) at 32, else the 28-layer one scaled.",
         )
+        auto_video: bool = Field(
+            False, description="For a prompt with video, use the video variant's default (l1, l2) (variant='auto')."
+        )
 
     config: ScaledLinearScheduler.Config
+
+    def for_video(self) -> ScaledLinearScheduler:
+        """This schedule with the video variant's default (l1, l2) when ``auto_video`` is set."""
+        if not self.config.auto_video:
+            return self
+        return ScaledLinearScheduler(**{**self.config.model_dump(), "variant": "video", "auto_video": False})
 
     def resolved(self, num_layers: int) -> tuple[int, int]:
         v = self.config.variant
@@ -235,6 +258,7 @@ def _prune_parts(cfg: _PruneOptions) -> tuple[BaseScorer, BaseScheduler]:
         depth_scale=cfg.depth_scale,
         reference_code_offset=cfg.reference_code_offset,
         variant=resolve_variant(cfg.variant),
+        auto_video=cfg.variant == "auto",
     )
     return scorer, schedule
 
@@ -243,7 +267,7 @@ class _MergeOptions(ComponentConfig):
     variant: Variant = Field(
         "auto",
         description="Paper defaults to use: image (keep 0.4375: 576 -> 288 -> 252), video (keep 0.25 per frame: "
-        "196 -> 98 -> 49), auto = image (tokred's pipeline feeds image features).",
+        "196 -> 98 -> 49), auto = image for images, video for video frames.",
     )
     keep_ratio: float = Field(
         0.4375,
@@ -262,20 +286,22 @@ class _MergeOptions(ComponentConfig):
     @classmethod
     def _variant_keep_ratio(cls, data: Any) -> Any:
         """Fill ``keep_ratio`` from the variant when it is not given."""
-        if isinstance(data, dict) and "keep_ratio" not in data:
-            data = {**data, "keep_ratio": VARIANT_DEFAULTS[resolve_variant(data.get("variant", "auto"))][0]}
-        return data
+        if isinstance(data, dict) and "keep_ratio" not in data and data.get("variant", "auto") != "auto":
+            data = {**data, "keep_ratio": VARIANT_DEFAULTS[resolve_variant(data["variant"])][0]}
+        return data  # auto: the image default stays unset (model_fields_set), so frames take the video one
 
 
 def _merger(cfg: _MergeOptions) -> AimMerger:
-    return AimMerger(keep_ratio=cfg.keep_ratio, order=cfg.order, metric=cfg.metric)
+    auto = cfg.variant == "auto" and "keep_ratio" not in cfg.model_fields_set
+    video = VARIANT_DEFAULTS["video"][0] if auto else None
+    return AimMerger(keep_ratio=cfg.keep_ratio, order=cfg.order, metric=cfg.metric, video_keep_ratio=video)
 
 
 class AimMergeStrategy(Strategy):
     """AIM's merging alone: similarity-based bipartite merging of each image's tokens before the LLM.
 
     ``variant`` picks the paper's keep ratio: ``image`` 0.4375 (576 -> 288 -> 252, LLaVA-1.5), ``video`` 0.25 per
-    frame (196 -> 98 -> 49, LLaVA-OneVision); ``auto`` is ``image``.
+    frame (196 -> 98 -> 49, LLaVA-OneVision); ``auto`` is ``image`` for images and ``video`` for video frames.
     """
 
     name = "aim-merge"
@@ -291,7 +317,7 @@ class AimPruneStrategy(Strategy):
     """AIM's pruning alone: PageRank importance per layer, visual tokens kept on the linear l1 -> l2 schedule.
 
     ``variant`` picks the paper's default (l1, l2): ``image`` (13, 21) of 32 layers, ``video`` (14, 22) of 28, each
-    scaled proportionally to other depths; ``auto`` is ``image``.
+    scaled proportionally to other depths; ``auto`` is ``image``, or ``video`` for a prompt with video.
     """
 
     name = "aim-prune"
@@ -309,9 +335,9 @@ class AimStrategy(Strategy):
 
     The defaults follow the input variant of the paper (``variant``): ``image`` (LLaVA-1.5-7B) merges 576 -> 288 ->
     252 (keep 0.4375) and prunes on (13, 21) of 32 layers; ``video`` (LLaVA-OneVision-7B) merges each frame to 25 %
-    (196 -> 98 -> 49) and prunes on (14, 22) of 28 layers. Other depths scale the variant's (l1, l2). ``auto`` is
-    ``image``: tokred's pre-LLM stage receives image features (there is no video-frame path yet); pass
-    ``variant="video"`` for frames, as the FLOPs reproduction does.
+    (196 -> 98 -> 49) and prunes on (14, 22) of 28 layers. Other depths scale the variant's (l1, l2). ``auto``
+    (default) picks by input: ``image`` for images, ``video`` for the frames of a video input (and for a prompt with
+    video, its (l1, l2)); explicit ``keep_ratio``/``l1``/``l2`` apply to both.
     """
 
     name = "aim"
@@ -322,7 +348,7 @@ class AimStrategy(Strategy):
         variant: Variant = Field(
             "auto",
             description="Paper defaults to use: image (keep 0.4375, (13, 21) of 32 layers), video (keep 0.25 per "
-            "frame, (14, 22) of 28 layers), auto = image (tokred's pipeline feeds image features).",
+            "frame, (14, 22) of 28 layers), auto = image for images, video for video frames.",
         )
 
     config: AimStrategy.Config

@@ -195,6 +195,11 @@ class BaseMerger(BaseComponent):
         """Tokens entering each vision-tower layer (vision stage); ``None`` for pre-LLM mergers."""
         return None
 
+    def for_video(self) -> BaseMerger:
+        """The merger to apply to the frames of a video input (default: this one; AIM's ``variant="auto"`` switches
+        to its video keep ratio)."""
+        return self
+
 
 # --------------------------------------------------------------------------------------------------- scorers
 
@@ -301,6 +306,11 @@ class BaseScheduler(BaseComponent):
     """
 
     kind: ClassVar[Kind] = "scheduler"
+
+    def for_video(self) -> BaseScheduler:
+        """The scheduler for a prompt with video input (default: this one; AIM's ``variant="auto"`` switches to its
+        video (l1, l2))."""
+        return self
 
     def budgets(self, num_layers: int, num_tokens: int) -> list[int]:
         """Visual tokens processed by each layer.

@@ -39,6 +39,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "tokred.strategies.cdpruner",
     "tokred.strategies.dart",
     "tokred.strategies.pyramiddrop",
+    "tokred.strategies.evs",
     "tokred.adapters",
 )
 

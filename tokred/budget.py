@@ -30,6 +30,7 @@ def visual_after_merge(
     grid: tuple[int, int] | None = None,
     vision_layers: int | None = None,
     feature_layer: int = -1,
+    video: bool = False,
 ) -> int:
     """Visual tokens entering the LLM after the strategy's vision-tower or pre-LLM merger.
 
@@ -41,8 +42,14 @@ def visual_after_merge(
         vision_layers: Vision-tower depth (needed for vision-stage mergers).
         feature_layer: The model's ``vision_feature_layer``: the tower layers up to it merge (-1: all, -2: all but
             the last; see `tokred.pipeline._vision.merging_blocks`).
+        video: The ``images`` are the frames of one video: the merger's video variant (``for_video``) applies, and a
+            temporal merger (EVS) reduces the whole clip.
     """
     merger = strategy.merger
+    if merger is not None and video:
+        merger = merger.for_video()
+        if merger.temporal:  # one clip of `images` frames; the frame's grid tells the merger the frame count
+            return merger.output_count(visual_tokens * images, grid or (1, visual_tokens))
     if merger is None:
         return visual_tokens * images
     if merger.stage == "vision":
@@ -64,6 +71,7 @@ def predict_tokens_per_layer(
     images: int = 1,
     grid: tuple[int, int] | None = None,
     vision_layers: int | None = None,
+    video: bool = False,
 ) -> list[int]:
     """Sequence length each decoder layer processes (text tokens are never reduced).
 
@@ -75,14 +83,19 @@ def predict_tokens_per_layer(
         images: Images per sample.
         grid: Token grid of one image (pooling needs it; a square count is inferred).
         vision_layers: Vision-tower depth, for vision-stage mergers.
+        video: The images are the frames of one video (see `visual_after_merge`); the scheduler's video variant
+            applies.
 
     Returns:
         ``num_layers`` sequence lengths.
     """
-    visual = visual_after_merge(strategy, visual_tokens, images=images, grid=grid, vision_layers=vision_layers)
+    visual = visual_after_merge(
+        strategy, visual_tokens, images=images, grid=grid, vision_layers=vision_layers, video=video
+    )
     if strategy.scheduler is None:
         return [text_tokens + visual] * num_layers
-    budgets = strategy.scheduler.budgets(num_layers, visual)
+    scheduler = strategy.scheduler.for_video() if video else strategy.scheduler
+    budgets = scheduler.budgets(num_layers, visual)
     return [text_tokens + b for b in budgets]
 
 

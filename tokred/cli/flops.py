@@ -140,6 +140,7 @@ def flops_report(
             visual_tokens=visual,
             images=images,
             vision_layers=vision_layers,
+            video=images > 1,  # several --images are the frames of one video
         )
         proj = config.get("projector")
         report = FlopsReport(
@@ -172,7 +173,9 @@ def flops_command(
     option: Annotated[list[str] | None, typer.Option("--option", "-o", help="Strategy option key=value.")] = None,
     visual: Annotated[int | None, typer.Option(help="Visual tokens per image (default: the config's).")] = None,
     text: Annotated[int, typer.Option(help="Text tokens in the prompt.")] = 64,
-    images: Annotated[int, typer.Option(help="Images or frames per sample.")] = 1,
+    images: Annotated[
+        int, typer.Option(help="Frames of one video (N > 1: video defaults, e.g. AIM's) or 1 image.")
+    ] = 1,
     convention: Annotated[str, typer.Option(help="llm-viewer (AIM) or fastv (FastV paper).")] = "llm-viewer",
     per_layer: Annotated[bool, typer.Option("--per-layer", help="Also print the tokens of every layer.")] = False,
     fmt: Annotated[Format, typer.Option("--format", help="table or json.")] = Format.table,

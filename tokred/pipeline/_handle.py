@@ -295,6 +295,7 @@ class PatchHandle:
                 visual = visual.clone()
                 visual[frames] = ~structural.to(ids.device)
         self._state.pending_visual = visual
+        self._state.pending_video = bool(self.adapter.video_placeholder_mask(ids).any())
         mask = call.attention_mask
         self._state.pending_pad = mask if torch.is_tensor(mask) and mask.dim() == 2 else None
         self._state.pending_visual_in = int(visual.sum())

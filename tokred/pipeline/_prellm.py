@@ -264,8 +264,13 @@ class PreLLMStage:
             ids, [(slots + vslots)[i] for i in every], [(plans + vplans)[i] for i in every]
         )
         positions = [placed[every.index(i)] for i in range(len(every))]
-        self.state.pending_provenance = [
-            (s, torch.where(p.source >= 0, pos[p.source.clamp_min(0)], -1))
+        self.state.pending_provenance = [  # a frame may keep nothing (temporal mergers): all its rows dropped
+            (
+                s,
+                torch.where(p.source >= 0, pos[p.source.clamp_min(0)], -1)
+                if pos.numel()
+                else torch.full_like(p.source, -1),
+            )
             for (s, _, _), p, pos in zip(slots + vslots, plans + vplans, positions)
             if p.source is not None and orig is None
         ]
@@ -283,6 +288,7 @@ class PreLLMStage:
         self.state.pending_visual = visual | other
         self.state.pending_pad = new.attention_mask.bool()
         self.state.pending_visual_in = int(self.adapter.visual_mask(ids).sum())
+        self.state.pending_video = video is not None
         return new.kwargs
 
     def _reduce_injected(self, out: Any, plans: list[ImagePlan]) -> None:

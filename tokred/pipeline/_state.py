@@ -65,6 +65,8 @@ class RunState:
         self.pending_visual: torch.Tensor | None = None  # (B, N) bool
         self.pending_pad: torch.Tensor | None = None  # (B, N) bool
         self.pending_visual_in = 0
+        self.pending_video = False  # the next prefill's prompt has video input (set by the pre-LLM stage)
+        self.video = False
         self.pending_provenance: list[tuple[int, torch.Tensor]] = []
         self.prepared_provenance: list[tuple[int, torch.Tensor]] = []
         self.provenance: list[tuple[int, torch.Tensor]] = []
@@ -111,6 +113,7 @@ class RunState:
         )
         self.stats.visual_tokens_in = self.pending_visual_in or int(self.cur_visual.sum())
         self.pending_visual_in = 0
+        self.video, self.pending_video = self.pending_video, False
         self.provenance, self.pending_provenance = self.pending_provenance, []
         self._plan()
 
@@ -119,6 +122,8 @@ class RunState:
         scheduler = self.strategy.scheduler
         if scheduler is None:
             return
+        if self.video:  # a prompt with video input: the scheduler's video variant (AIM variant="auto")
+            scheduler = scheduler.for_video()
         counts = sorted(set(self.cur_visual.sum(dim=1).tolist()))
         plans = {v: scheduler.budgets(self.num_layers, int(v)) for v in counts}
         for v, b in plans.items():

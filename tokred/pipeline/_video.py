@@ -131,8 +131,9 @@ def plan_frames(
             f"temporal merger '{merger.name}' needs frames of equal size; got {[int(f.shape[0]) for f in frames]} rows"
         )
     x = torch.cat(frames, 0)[None]  # (1, T * n_frame, C)
-    ctx = MergeContext(grid=grid, frames=t, text_embedding=None if text is None else text[None])
-    res = check_merge(merger.merge(x, ctx), x, merger, grid)
+    frame_grid = grid if grid is not None else (1, per)  # one frame's grid: a row when the frame has no 2-D one
+    ctx = MergeContext(grid=frame_grid, frames=t, text_embedding=None if text is None else text[None])
+    res = check_merge(merger.merge(x, ctx), x, merger, frame_grid)
     merged, source = res.x[0], res.source[0].long()  # (m, C), (T * n_frame,)
     rep = first_source(source, merged.shape[0])  # (m,) clip row each output stands for
     frame_of = rep // per  # (m,)
@@ -159,6 +160,7 @@ def plan_videos(
 ) -> tuple[list[Slot], list[ImagePlan]]:
     """Slots and plans of every frame (then trailing rows) of every video; records each video's plan range."""
     runs = _runs(adapter.video_placeholder_mask(ids), [int(f.shape[0]) for f in part.feats])
+    merger = merger.for_video() if merger is not None else None  # e.g. AIM variant="auto": its video keep ratio
     slots: list[Slot] = []
     plans: list[ImagePlan] = []
     for feat, lay, (s, pos), text in zip(part.feats, part.layouts, runs, texts):

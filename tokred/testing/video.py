@@ -32,8 +32,12 @@ _SIZE = 32  # frame side in pixels (patch 4: an 8 x 8 patch grid)
 
 
 def _build_onevision() -> Any:
-    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, Qwen2Config
-    from transformers import SiglipVisionConfig
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        Qwen2Config,
+        SiglipVisionConfig,
+    )
 
     cfg = LlavaOnevisionConfig(
         vision_config=SiglipVisionConfig(**m._clip_vision(patch_size=4)),
@@ -49,8 +53,7 @@ def _build_onevision() -> Any:
 
 
 def _build_next_video() -> Any:
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextVideoConfig
-    from transformers import LlavaNextVideoForConditionalGeneration
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextVideoConfig, LlavaNextVideoForConditionalGeneration
 
     cfg = LlavaNextVideoConfig(
         vision_config=CLIPVisionConfig(**m._clip_vision(patch_size=4)),
