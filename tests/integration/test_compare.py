@@ -210,3 +210,65 @@ def test_resume_reuses_records_when_strategies_change(tmp_path):
     other = run_compare(settings(strategies=["fastv"], options={"fastv": {"keep_ratio": 0.25}}, output=tmp_path))
     fastv = next(r for r in other.rows if r["strategy"] == "fastv")
     assert fastv["options"]["keep_ratio"] == 0.25 and fastv["n"] == 6  # new options: evaluated again, not mixed
+
+
+def test_sweep_gives_a_row_per_strategy_and_budget_with_paired_tests():
+    result = run_compare(settings(strategies=["fastv", "random"], match=("flops", [0.6, 0.8])))
+    rows = {r["id"]: r for r in result.rows}
+    assert set(rows) == {"none", "fastv flops=0.6", "random flops=0.6", "fastv flops=0.8", "random flops=0.8"}
+    for target in (0.6, 0.8):
+        for name in ("fastv", "random"):
+            row = rows[f"{name} flops={target:g}"]
+            assert row["budget_target"] == target and row["on_target"]
+            assert abs(row["predicted_budget"] - target) / target <= 0.02
+            assert abs(row["relative_flops"] - target) / target <= 0.05  # measured on a tiny model: coarse counts
+            assert row["indistinguishable_from"] in (
+                [],
+                [f"{'random' if name == 'fastv' else 'fastv'} flops={target:g}"],
+            )
+    pairs = result.info["pairwise"]
+    assert [(p["a"], p["b"]) for p in pairs] == [
+        ("fastv flops=0.6", "random flops=0.6"),
+        ("fastv flops=0.8", "random flops=0.8"),
+    ]
+    assert all(p["p_holm"] == p["p"] for p in pairs)  # one pair per budget
+    assert "Holm" in result.info["paired_tests"]
+
+
+def test_variants_are_rows_of_their_own_and_resume(tmp_path):
+    specs = ["fastv@keep_ratio=0.25", "fastv@keep_ratio=0.75"]
+    result = run_compare(settings(strategies=specs, output=tmp_path))
+    rows = {r["strategy"]: r for r in result.rows}
+    assert set(rows) == {"none", *specs}
+    assert rows[specs[0]]["mean_tokens_per_layer"] < rows[specs[1]]["mean_tokens_per_layer"]
+    assert rows[specs[0]]["indistinguishable_from"] in ([], [specs[1]])
+    seen: list[str] = []
+    run_compare(settings(strategies=specs, output=tmp_path), progress=lambda label, done, total: seen.append(label))
+    assert seen == []  # every variant comes back from the log
+
+
+def test_costs_throughput_memory_and_batch_table():
+    result = run_compare(settings(strategies=["pooling"], batch_sizes=[1, 2]))
+    for row in result.rows:
+        assert row["throughput_samples_per_s"] > 0 and row["throughput_batch_size"] == 3
+        assert row["peak_memory_bytes"] is None or row["peak_memory_bytes"] > 0
+        assert row["peak_memory_method"]
+    base, pooled = result.rows
+    assert pooled["peak_memory_bytes"] < base["peak_memory_bytes"]  # fewer tokens, fewer activation bytes
+    table = result.info["batch_latency"]
+    assert sorted((e["id"], e["batch_size"]) for e in table) == [
+        ("none", 1),
+        ("none", 2),
+        ("pooling", 1),
+        ("pooling", 2),
+    ]
+    assert all(e["samples_per_s"] == pytest.approx(e["batch_size"] / e["latency_s"]) for e in table)
+
+
+def test_cli_plain_progress_lines_and_batch_table(tmp_path):
+    args = ["compare", "--model", "tiny", "-s", "fastv", "--limit", "4", "--batch-size", "2", "--timing-repeats", "1"]
+    out = CliRunner().invoke(app, [*args, "--progress-every", "2", "--batch-sizes", "1,2"], env={"COLUMNS": "250"})
+    assert out.exit_code == 0, out.output
+    lines = [line for line in out.stderr.splitlines() if line.startswith("compare: ")]
+    assert lines == [f"compare: {label}: {n}/4 samples" for label in ("none", "fastv") for n in (2, 4)]
+    assert "latency vs batch size" in out.stdout and "Holm" in out.stdout
