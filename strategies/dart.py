@@ -17,10 +17,22 @@ from collections.abc import Callable
 import torch
 from pydantic import Field
 
-from tokred._components import BaseMerger, BaseScheduler, BaseScorer, ComponentConfig, ScoreContext, Strategy
+from tokred._components import (
+    BaseMerger,
+    BaseScheduler,
+    BaseScorer,
+    ComponentConfig,
+    MergeContext,
+    MergeResult,
+    ScoreContext,
+    Strategy,
+)
 from tokred.errors import ConfigError
 from tokred.hookspecs import hookimpl
-from tokred.ops.diversity import dart_keep, dart_quota, dart_visit_order
+from tokred.ops.counts import keep_count
+from tokred.ops.diversity import dart_embedding_keep, dart_keep, dart_quota, dart_visit_order
+from tokred.ops.provenance import source_from_keep
+from tokred.ops.selection import gather_tokens
 
 
 def dart_count(n: int, keep_ratio: float, pivot_image_token: int, pivot_text_token: int) -> int:
@@ -103,26 +115,84 @@ class DartScorer(BaseScorer):
         return scores
 
 
+class DartEmbeddingMerger(BaseMerger):
+    """TensorRT-Edge-LLM's DART before the LLM: pivots and duplication on each image's LLM input embeddings.
+
+    Each image keeps ``ceil(keep_ratio * n)`` (at least 1) of its ``n`` tokens: the ``pivot_image_token`` tokens with
+    the largest L1 norm of their input embeddings (kept), then, visiting those and the ``pivot_text_token`` prompt
+    text tokens with the largest L1 norm (in that order), each pivot takes an even share of the remaining budget among
+    the image tokens least cosine-similar to it ([`dart_embedding_keep`][tokred.ops.diversity.dart_embedding_keep]).
+    The text pivots are chosen among all non-visual, non-padding prompt tokens (``MergeContext.text_tokens``); called
+    without them (outside the pipeline) only the image pivots take part.
+    """
+
+    name = "dart-embedding"
+    paper = "DART, arXiv:2502.11494 (TensorRT-Edge-LLM variant)"
+    stage = "pre_llm"
+    uses_text = True
+
+    class Config(ComponentConfig):
+        keep_ratio: float = Field(
+            0.25, ge=0.0, le=1.0, description="Share of each image's tokens kept, ceil(keep_ratio * n), at least 1."
+        )
+        pivot_image_token: int = Field(4, ge=1, le=64, description="Image pivots per image (kept).")
+        pivot_text_token: int = Field(4, ge=0, le=64, description="Text pivots among all prompt text tokens.")
+
+    config: DartEmbeddingMerger.Config
+
+    def output_count(self, n: int, grid: tuple[int, int] | None = None) -> int:
+        return min(n, max(1, keep_count(n, self.config.keep_ratio, "ceil")))
+
+    def merge(self, x: torch.Tensor, ctx: MergeContext) -> MergeResult:
+        b, n, _ = x.shape
+        c, target = self.config, self.output_count(n)
+        rows = []
+        for i in range(b):
+            text = x.new_zeros(0, x.shape[-1]) if ctx.text_tokens is None else ctx.text_tokens[i]  # (T, C)
+            rows.append(dart_embedding_keep(x[i], text, target, c.pivot_image_token, c.pivot_text_token))
+        keep = torch.stack(rows)  # (B, K)
+        return MergeResult(x=gather_tokens(x, keep), source=source_from_keep(keep, n))
+
+
+class DartStrategyConfig(DartScheduler.Config):
+    """DART's options; ``layer=0`` selects TensorRT-Edge-LLM's variant on the input embeddings."""
+
+    layer: int = Field(
+        2,
+        ge=0,
+        description="K: first 0-indexed decoder layer that sees the reduced set; 0 = TensorRT-Edge-LLM's variant on "
+        "the LLM input embeddings, before the LLM (ceil(keep_ratio * n) per image).",
+    )
+
+
 class DartStrategy(Strategy):
     """DART: from decoder layer K keep the image pivots and, for every image and text pivot, the visual tokens least
-    similar to it (duplication-aware pruning, no attention weights)."""
+    similar to it (duplication-aware pruning, no attention weights); ``layer=0``: TensorRT-Edge-LLM's variant on the
+    input embeddings."""
 
     name = "dart"
     paper = "DART, arXiv:2502.11494"
     budget_knob = "keep_ratio"
 
-    Config = DartScheduler.Config  # the scheduler's budget options are the strategy's (the scorer gets the same)
+    Config = DartStrategyConfig  # the scheduler's budget options (the scorer gets the same), layer 0 allowed
 
-    config: DartScheduler.Config
+    config: DartStrategyConfig
 
     def build(self) -> tuple[BaseMerger | None, BaseScorer | None, BaseScheduler | None]:
         c = self.config
         pivots = dict(pivot_image_token=c.pivot_image_token, pivot_text_token=c.pivot_text_token)
+        if c.layer == 0:
+            return DartEmbeddingMerger(keep_ratio=c.keep_ratio, **pivots), None, None
         return (
             None,
             DartScorer(keep_ratio=c.keep_ratio, **pivots),
             DartScheduler(layer=c.layer, keep_ratio=c.keep_ratio, **pivots),
         )
+
+
+@hookimpl
+def tokred_register_mergers(register: Callable[[type[BaseMerger]], None]) -> None:
+    register(DartEmbeddingMerger)
 
 
 @hookimpl

@@ -115,6 +115,8 @@ class MergeContext:
         text_embedding: For each row, the mean LLM input embedding of the non-visual, non-padding prompt tokens of
             the sample the image belongs to, shape (B, C); filled by the pre-LLM stage for mergers that set
             ``uses_text``, else ``None``.
+        text_tokens: For each row, the LLM input embeddings of those prompt tokens themselves, in prompt order, shape
+            (B, T, C); filled with ``text_embedding`` (TensorRT-Edge-LLM's DART picks text pivots among them).
         frames: For a ``temporal`` merger, the number of frames ``T`` of the clip in ``x`` (1, T * n_frame, C),
             frame-major; ``grid`` is then one frame's grid. ``None`` for a single image or frame.
     """
@@ -127,6 +129,7 @@ class MergeContext:
     layer: int | None = None
     num_layers: int | None = None
     text_embedding: torch.Tensor | None = None
+    text_tokens: torch.Tensor | None = None
     frames: int | None = None
 
 

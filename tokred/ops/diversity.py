@@ -25,6 +25,7 @@ from tokred.ops.selection import protected_count
 __all__ = [
     "cdpruner_kernel",
     "cosine_similarity_matrix",
+    "dart_embedding_keep",
     "dart_keep",
     "dart_quota",
     "dart_visit_order",
@@ -380,3 +381,44 @@ def _resized_into(table: list[int | None], keys: list[int]) -> list[int | None]:
     for key in keys:
         table[_slot(table, key)] = key
     return table
+
+
+def _top_rows(score: Tensor, count: int) -> Tensor:
+    """Indices of the ``count`` highest scores, highest first, ties to the lower index; shape (count,)."""
+    return torch.sort(score, descending=True, stable=True).indices[:count]
+
+
+def dart_embedding_keep(image: Tensor, text: Tensor, target: int, pivot_image: int, pivot_text: int) -> Tensor:
+    """TensorRT-Edge-LLM's DART on LLM input embeddings, for one image (no decoder layer is run).
+
+    Pivots: the ``min(pivot_image, target)`` image tokens and the ``pivot_text`` prompt text tokens with the largest
+    L1 norm (ties to the lower index); the image pivots are kept. The pivots are visited in that order (image pivots,
+    then text pivots, each by descending norm); pivot ``j`` of ``P`` takes ``ceil(remaining / (P - j))`` of the
+    remaining image tokens least cosine-similar to it (``remaining`` = ``target`` minus the tokens kept so far, ties to
+    the lower index), so exactly ``target`` tokens are kept whenever enough remain.
+
+    Args:
+        image: The image's input embeddings, shape (n, C).
+        text: The prompt's text-token input embeddings, shape (T, C).
+        target: Tokens to keep, in ``[1, n]``.
+        pivot_image: Image pivots.
+        pivot_text: Text pivots.
+
+    Returns:
+        Kept image-token indices, ascending, shape (target,).
+    """
+    img, txt = _work_dtype(image), _work_dtype(text)  # (n, C), (T, C)
+    img_piv = _top_rows(img.abs().sum(-1), min(pivot_image, target))  # (P_i,)
+    txt_piv = _top_rows(txt.abs().sum(-1), min(pivot_text, txt.shape[0]))  # (P_t,)
+    pivots = F.normalize(torch.cat([img[img_piv], txt[txt_piv]]), dim=-1)  # (P, C)
+    unit = F.normalize(img, dim=-1)  # (n, C)
+    kept = torch.zeros(img.shape[0], dtype=torch.bool, device=img.device)
+    kept[img_piv] = True
+    for j in range(pivots.shape[0]):
+        remaining = target - int(kept.sum())
+        pool = torch.nonzero(~kept)[:, 0]  # (M,) ascending
+        if remaining <= 0 or pool.numel() == 0:
+            break
+        per = -(-remaining // (pivots.shape[0] - j))  # ceil
+        kept[pool[_top_rows(-(unit[pool] @ pivots[j]), per)]] = True  # least similar first
+    return torch.nonzero(kept)[:, 0]  # (K,)

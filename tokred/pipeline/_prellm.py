@@ -65,11 +65,13 @@ def plan_image(
     merger: BaseMerger | None,
     metric: torch.Tensor | None = None,
     text: torch.Tensor | None = None,
+    text_tokens: torch.Tensor | None = None,
 ) -> ImagePlan:
     """Reduce one image's features ``x`` (n, C), keeping ``text_like`` rows untouched and in place.
 
     ``metric`` (n, C'), when given, is what the merger matches on instead of the features (AIM's vision keys);
-    ``text`` (C,), the mean text embedding of the image's prompt, for mergers that read it (CDPruner).
+    ``text`` (C,), the mean text embedding of the image's prompt, for mergers that read it (CDPruner);
+    ``text_tokens`` (T, C), the prompt's text-token embeddings themselves, with ``text``.
     """
     n = x.shape[0]
     rows = torch.arange(n, device=x.device)
@@ -82,6 +84,7 @@ def plan_image(
         grid=grid if not bool(text_like.any()) else None,
         metric=None if metric is None else metric[content][None],
         text_embedding=None if text is None else text[None],
+        text_tokens=None if text_tokens is None else text_tokens[None],
     )
     res = check_merge(merger.merge(x[content][None], ctx), x[content][None], merger, ctx.grid)
     merged = res.x[0]  # (m, C)
@@ -154,6 +157,7 @@ class PreLLMStage:
         self.merger = merger
         self.state = state
         self.original_counts = original_counts
+        self.text_tokens: list[torch.Tensor | None] = []  # per image (T, C), set by image_texts for uses_text mergers
 
     def wants_vision_keys(self) -> bool:
         """Whether the merger matches on the vision tower's last-layer keys (AIM's image variant)."""
@@ -216,7 +220,9 @@ class PreLLMStage:
             emb = self.adapter.text_embeddings(torch.where(text, ids, self.adapter.pad_token_id))  # (B, N, C)
         weight = text.to(emb.dtype)[..., None]  # (B, N, 1)
         mean = (emb * weight).sum(1) / weight.sum(1).clamp_min(1)  # (B, C)
-        return [mean[s] for s, _, _ in _image_slots(self.adapter.placeholder_mask(ids), counts)]
+        slots = _image_slots(self.adapter.placeholder_mask(ids), counts)
+        self.text_tokens = [emb[s][text[s]] for s, _, _ in slots]  # per image (T_s, C), read by transform
+        return [mean[s] for s, _, _ in slots]
 
     def transform(self, kwargs: dict[str, Any], out: Any = None, enc: dict[str, Any] | None = None) -> dict[str, Any]:
         """Return new forward kwargs with the reduced features as precomputed encoder outputs and shortened token
@@ -242,9 +248,10 @@ class PreLLMStage:
         grids = self.adapter.feature_grids(enc, counts)
         metrics = self.image_metrics(counts)
         texts = self.image_texts(kwargs, orig or counts)
+        tokens = self.text_tokens if self.merger is not None and self.merger.uses_text else [None] * len(texts)
         plans = [
-            plan_image(f, self.adapter.text_like_rows(f), g, self.merger, m, t)
-            for f, g, m, t in zip(feats, grids, metrics, texts)
+            plan_image(f, self.adapter.text_like_rows(f), g, self.merger, m, t, text_tokens=tt)
+            for f, g, m, t, tt in zip(feats, grids, metrics, texts, tokens)
         ]
         if orig is not None:  # the vision tower merged: outputs stand for the first slots of each image
             plans = [
