@@ -131,7 +131,8 @@ class QwenVLAdapter(ModelAdapter):
 
 
 class Gemma3Adapter(ModelAdapter):
-    """Gemma3: bidirectional attention inside each image span (from ``token_type_ids``) and sliding-window layers.
+    """Gemma3 (and Gemma 4 unified): bidirectional attention inside each image span (from ``token_type_ids`` /
+    ``mm_token_type_ids``) and sliding-window layers.
 
     The bidirectional blocks are materialised 4-D masks, which the in-LLM stage gathers (rows and columns) with the
     kept indices, so kept image tokens still see each other both ways. A pre-LLM reduction shortens
@@ -139,8 +140,9 @@ class Gemma3Adapter(ModelAdapter):
     """
 
     name: ClassVar[str] = "gemma3"
-    families: ClassVar[str] = "Gemma3"
-    model_types: ClassVar[tuple[str, ...]] = ("gemma3", "shieldgemma2")  # ShieldGemma 2 is a Gemma3 model
+    families: ClassVar[str] = "Gemma3, Gemma 4 unified"
+    # ShieldGemma 2 is a Gemma3 model; Gemma 4 unified has the same image spans and masks
+    model_types: ClassVar[tuple[str, ...]] = ("gemma3", "shieldgemma2", "gemma4_unified")
     handles_bidirectional: ClassVar[bool] = True
 
     @classmethod

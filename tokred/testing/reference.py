@@ -103,13 +103,14 @@ def reference_last_logits(
     h = embeds.clone()
     active = torch.arange(total).expand(b, total)
     dec = model.get_decoder()
+    state = _layer_state(dec.layers[0])
     with torch.no_grad():
         for i, layer in enumerate(dec.layers):
             if i in keeps:
                 gen = torch.arange(prompt_len, total).expand(b, -1)
                 active = torch.cat([keeps[i], gen], 1)
             side = layers[i] if positions == "original" else _reindexed(dec, h, active, layers[i], i)
-            h = _run_layer(layer, h, active, side)
+            h = _run_layer(layer, h, active, side, state)
             if injection is not None and i < len(injection[1]):  # DeepStack: features added after layer i
                 vis = injection[0]
                 h = h.clone()
@@ -129,7 +130,16 @@ def _head_logits(model: Any, inputs: dict[str, torch.Tensor], normed: torch.Tens
         hook.remove()
 
 
-def _run_layer(layer: Any, h: torch.Tensor, active: torch.Tensor, side: Any) -> torch.Tensor:
+def _layer_state(layer: Any) -> dict[str, Any]:
+    """Fresh dicts for the dict-typed keywords of a decoder layer: state the layers of one forward share (Gemma 4's
+    shared K/V), passed to every layer of the reference run as the decoder does."""
+    params = inspect.signature(layer.forward).parameters.values()
+    return {p.name: {} for p in params if p.kind == p.POSITIONAL_OR_KEYWORD and "dict[" in str(p.annotation)}
+
+
+def _run_layer(
+    layer: Any, h: torch.Tensor, active: torch.Tensor, side: Any, state: dict[str, Any] | None = None
+) -> torch.Tensor:
     """One decoder layer on the ``active`` (B, K) rows of ``h`` (B, N, C); returns ``h`` with those rows updated."""
     b = h.shape[0]
     pe, mask = side[:2]
@@ -145,7 +155,7 @@ def _run_layer(layer: Any, h: torch.Tensor, active: torch.Tensor, side: Any) -> 
     kwargs: dict[str, Any] = {}
     call = hf.CallArgs((), kwargs)
     call.attention_mask, call.position_embeddings, call.position_ids, call.cache = mask, pe_sub, None, None
-    out = layer(_gather(h, active, 1), use_cache=False, **kwargs)
+    out = layer(_gather(h, active, 1), use_cache=False, **kwargs, **(state or {}))
     out = out[0] if isinstance(out, tuple) else out
     return h.scatter(1, active[:, :, None].expand(-1, -1, h.shape[-1]), out)
 
