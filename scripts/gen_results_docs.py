@@ -33,6 +33,7 @@ STRATEGIES = (
     "cdpruner",
     "dart",
     "pyramiddrop",
+    "evs",
     "none",
 )
 

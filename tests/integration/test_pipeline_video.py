@@ -26,6 +26,7 @@ STRATEGIES = {
     "random": dict(layer=0, keep_ratio=0.5, seed=3),
     "fastv": dict(layer=2, keep_ratio=0.5),
     "aim": dict(variant="video"),
+    "evs": dict(rate=0.5),
 }
 
 
@@ -125,7 +126,7 @@ def test_cache_equals_no_cache_recomputation(family, strategy):
 
 
 @pytest.mark.parametrize("family", VIDEO_FAMILIES)
-@pytest.mark.parametrize("strategy", ["pooling", "random", "fastv"])
+@pytest.mark.parametrize("strategy", ["pooling", "random", "fastv", "evs"])
 def test_padded_batch_equals_single_runs(family, strategy):
     model, make = _model(family)
     inputs = make(batch=2, frames=FRAMES, seed=1)
