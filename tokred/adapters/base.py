@@ -156,8 +156,6 @@ class ModelAdapter:
                 "visual features are added inside the LLM at several layers (DeepStack-style) through inputs tokred "
                 "does not recognise, so dropping or merging visual tokens would misalign them"
             )
-        if any(hasattr(self.decoder, a) for a in ("embed_tokens_per_layer", "per_layer_model_projection")):
-            reasons.append("the decoder uses per-layer input embeddings, which tokred does not gather")
         odd = self.non_attention_layers()
         if odd and in_llm:  # a pre-LLM reduction only shortens the sequence: every layer kind handles that
             kinds = sorted({t for _, t in odd})

@@ -29,6 +29,11 @@ from tokred.pipeline._checks import check_scores
 from tokred.pipeline._state import RunState
 
 
+def _per_token(t: Any, batch: int, n: int) -> bool:
+    """Whether ``t`` is a per-token tensor (B, n, ...) of the prompt."""
+    return torch.is_tensor(t) and t.dim() >= 3 and t.shape[0] == batch and t.shape[1] == n
+
+
 def gather_seq(t: torch.Tensor, idx: torch.Tensor, dim: int, batch_dim: int | None = None) -> torch.Tensor:
     """Gather sequence positions ``idx`` (B, K) of ``t`` along ``dim``.
 
@@ -286,6 +291,11 @@ class InLLMStage:
                 call.attention_mask = gather_seq(gather_seq(mask, keep, -1, -4), keep, -2, -4)
             elif mask.dim() == 2:
                 call.attention_mask = gather_seq(mask, keep, -1)
+        if len(call.args) > 1:  # other per-token inputs of the layer (Gemma 4's per-layer input embeddings)
+            side = (
+                gather_seq(a, keep, 1 - a.dim(), -a.dim()) if _per_token(a, h.shape[0], n) else a for a in call.args[1:]
+            )
+            call.args = (call.args[0], *side)
 
     def _reindex_positions(self, pid: Any, width: int, what: str) -> torch.Tensor:
         """The layer call's 1-D position ids (B|1, width), or one clear error for what ``reindex`` cannot renumber."""

@@ -104,13 +104,14 @@ def reference_last_logits(
     active = torch.arange(total).expand(b, total)
     dec = model.get_decoder()
     state = _layer_state(dec.layers[0])
+    extras = _layer_extras(model, inputs)
     with torch.no_grad():
         for i, layer in enumerate(dec.layers):
             if i in keeps:
                 gen = torch.arange(prompt_len, total).expand(b, -1)
                 active = torch.cat([keeps[i], gen], 1)
             side = layers[i] if positions == "original" else _reindexed(dec, h, active, layers[i], i)
-            h = _run_layer(layer, h, active, side, state)
+            h = _run_layer(layer, h, active, side, state, extras[i])
             if injection is not None and i < len(injection[1]):  # DeepStack: features added after layer i
                 vis = injection[0]
                 h = h.clone()
@@ -130,6 +131,27 @@ def _head_logits(model: Any, inputs: dict[str, torch.Tensor], normed: torch.Tens
         hook.remove()
 
 
+def _layer_extras(model: Any, inputs: dict[str, torch.Tensor]) -> list[tuple[Any, ...]]:
+    """The positional inputs after the hidden states of every decoder layer (Gemma 4's per-layer input embeddings
+    (B, N, D)) in an unpatched no-cache run on ``inputs``."""
+    layers = model.get_decoder().layers
+    seen: list[tuple[Any, ...]] = [()] * len(layers)
+
+    def hook(i: int, mod: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        seen[i] = tuple(args[1:])
+
+    handles = [
+        layer.register_forward_pre_hook(functools.partial(hook, i), with_kwargs=True) for i, layer in enumerate(layers)
+    ]
+    try:
+        with torch.no_grad():
+            model(**inputs, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
 def _layer_state(layer: Any) -> dict[str, Any]:
     """Fresh dicts for the dict-typed keywords of a decoder layer: state the layers of one forward share (Gemma 4's
     shared K/V), passed to every layer of the reference run as the decoder does."""
@@ -138,9 +160,17 @@ def _layer_state(layer: Any) -> dict[str, Any]:
 
 
 def _run_layer(
-    layer: Any, h: torch.Tensor, active: torch.Tensor, side: Any, state: dict[str, Any] | None = None
+    layer: Any,
+    h: torch.Tensor,
+    active: torch.Tensor,
+    side: Any,
+    state: dict[str, Any] | None = None,
+    extras: tuple[Any, ...] = (),
 ) -> torch.Tensor:
-    """One decoder layer on the ``active`` (B, K) rows of ``h`` (B, N, C); returns ``h`` with those rows updated."""
+    """One decoder layer on the ``active`` (B, K) rows of ``h`` (B, N, C); returns ``h`` with those rows updated.
+
+    ``state`` is shared per-forward layer state; ``extras`` the layer's other positional inputs, per-token ones
+    (B, N, ...) gathered at ``active`` like the hidden states."""
     b = h.shape[0]
     pe, mask = side[:2]
     if pe is None or len(side) > 3:  # NoPE layer (no position embeddings), or already for the active rows
@@ -155,7 +185,9 @@ def _run_layer(
     kwargs: dict[str, Any] = {}
     call = hf.CallArgs((), kwargs)
     call.attention_mask, call.position_embeddings, call.position_ids, call.cache = mask, pe_sub, None, None
-    out = layer(_gather(h, active, 1), use_cache=False, **kwargs, **(state or {}))
+    n = h.shape[1]
+    rest = [_gather(a, active, 1) if torch.is_tensor(a) and a.dim() >= 3 and a.shape[1] == n else a for a in extras]
+    out = layer(_gather(h, active, 1), *rest, use_cache=False, **kwargs, **(state or {}))
     out = out[0] if isinstance(out, tuple) else out
     return h.scatter(1, active[:, :, None].expand(-1, -1, h.shape[-1]), out)
 
