@@ -645,8 +645,9 @@ def peak_prefill_memory(runner: Runner, inputs: dict[str, torch.Tensor]) -> dict
     The peak is the highest number of tensor bytes held during the prefill above what was held when it started, as
     torch's allocator counts them: on CUDA ``torch.cuda.max_memory_allocated`` (after a reset), on CPU the stream of
     allocations and frees that ``torch.profiler`` records with ``profile_memory=True`` (every CPU tensor, unlike
-    ``tracemalloc``; not the process's resident pages, which an allocator that reuses freed memory leaves unchanged).
-    When neither works the peak is ``None`` and ``peak_memory_method`` gives the reason.
+    ``tracemalloc``; not the process's resident pages, which an allocator that reuses freed memory leaves unchanged;
+    a tensor that existed before the prefill and is freed during it is not subtracted). When neither works the peak
+    is ``None`` and ``peak_memory_method`` gives the reason.
 
     Returns:
         ``{"kv_cache_bytes": int, "peak_memory_bytes": int | None, "peak_memory_method": str}``.
@@ -678,16 +679,12 @@ def _profiled_prefill(runner: Runner, inputs: dict[str, torch.Tensor]) -> tuple[
 
     from torch.profiler import ProfilerActivity, profile
 
-    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
     try:
-        with _quiet_stderr():  # kineto prints a line to fd 2 when it starts and stops
-            prof.start()
-        try:
+        # kineto prints to fd 2 when it starts and stops, and for each block freed that predates it (not counted: the
+        # peak is that of what the prefill allocated); the same prefill already ran unprofiled, so nothing is lost
+        with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             with torch.inference_mode():
                 out = runner.model(**inputs, use_cache=True)
-        finally:
-            with _quiet_stderr():
-                prof.stop()
         with tempfile.TemporaryDirectory() as folder:
             trace = Path(folder) / "trace.json"
             prof.export_chrome_trace(str(trace))

@@ -157,6 +157,9 @@ def compare_command(
     batch_sizes: Annotated[
         str | None, typer.Option(help="Also time answer generation at these batch sizes, e.g. 1,8,32.")
     ] = None,
+    match_tolerance: Annotated[
+        float, typer.Option(help="Relative distance from a --match target still counted as on target.")
+    ] = 0.02,
     progress_every: Annotated[
         int, typer.Option(help="Without a terminal: one progress line per this many samples.")
     ] = 50,
@@ -202,6 +205,7 @@ def compare_command(
         max_new_tokens=max_new_tokens,
         timing_repeats=timing_repeats,
         batch_sizes=parse_batch_sizes(batch_sizes),
+        match_tolerance=match_tolerance,
         output=Path(output).expanduser() if output is not None else None,
         plot=plot,
     )
