@@ -5,6 +5,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.tokred-installed
 PYTEST_ARGS ?=
+# lmms-eval for the lmms-eval backend and its tests (tests/lmms), installed without its own requirements (see
+# docs/how-to/lmms-eval.md); scripts/transformers_matrix.py installs the same into .venv-oldest.
+LMMS_EVAL ?= lmms-eval==0.7.3
 
 .PHONY: setup compare test test-oldest test-latest lint typecheck docs clean
 
@@ -12,7 +15,8 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,lmms]"
+	$(BIN)/python -m pip install -q --no-deps $(LMMS_EVAL)
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -50,4 +54,4 @@ docs: setup
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 clean:
-	rm -rf $(VENV) .venv-oldest .venv-latest build dist site *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .venv-oldest .venv-latest .venv-lmms build dist site *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -30,6 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCH = "torch==2.13.0"  # the CPU wheel on this machine's disk (an unpinned torch is a CUDA build)
+LMMS_EVAL = "lmms-eval==0.7.3"  # the Makefile's LMMS_EVAL: installed --no-deps beside the lmms extra (tests/lmms)
 
 
 def declared_range() -> tuple[str, str]:
@@ -69,13 +70,15 @@ def installed(python: Path, dist: str) -> str | None:
 
 
 def install_tokred(python: Path, venv: Path) -> None:
-    """Install tokred with its dev extras, once per pyproject.toml content."""
+    """Install tokred with its dev and lmms extras (plus lmms-eval without its requirements), once per
+    pyproject.toml content."""
     digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()[:16]
     stamp = venv / ".tokred-installed"
     if stamp.exists() and stamp.read_text() == digest:
         return
-    print(f"installing tokred[dev] into {venv.name} ...", file=sys.stderr, flush=True)
-    run([str(python), "-m", "pip", "install", "-q", "-e", f"{ROOT}[dev]"])
+    print(f"installing tokred[dev,lmms] into {venv.name} ...", file=sys.stderr, flush=True)
+    run([str(python), "-m", "pip", "install", "-q", "-e", f"{ROOT}[dev,lmms]"])
+    run([str(python), "-m", "pip", "install", "-q", "--no-deps", LMMS_EVAL])
     stamp.write_text(digest)
 
 

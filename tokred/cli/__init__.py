@@ -18,6 +18,7 @@ from tokred.cli.compare import compare_command
 from tokred.cli.flops import flops_command
 from tokred.cli.list import list_command, show_command
 from tokred.cli.plugins import plugins_command
+from tokred.cli.report import report_command
 
 app = typer.Typer(
     name="tokred",
@@ -53,6 +54,7 @@ app.command("plugins")(_interruptible(plugins_command))
 app.command("compare")(_interruptible(compare_command))
 app.command("flops")(_interruptible(flops_command))
 app.command("bench")(_interruptible(bench_command))
+app.command("report")(_interruptible(report_command))
 app.add_typer(analyze_app, name="analyze")
 
 EXIT_ERROR = 1
