@@ -34,8 +34,16 @@ STRATEGIES = (
     "dart",
     "pyramiddrop",
     "evs",
+    "vtc-cls",
+    "visionzip",
+    "vispruner",
     "none",
 )
+
+#: Further committed runs (``docs/results/<name>.json`` with its command in ``<name>.COMMAND``): each is rendered
+#: whole into ``docs/_results/<name>.md``, and a strategy missing from the main run takes its rows from the first of
+#: them that has it.
+EXTRA_RUNS: tuple[str, ...] = ()
 
 HEADER = (
     "| strategy | accuracy % [95 % CI] | agreement | McNemar p | rel. prefill FLOPs | prefill ms | decode ms/token "
@@ -60,9 +68,9 @@ def by_type(row: dict[str, Any]) -> str:
     return "Accuracy by question type: " + ", ".join(parts) + ".\n"
 
 
-def provenance(data: dict[str, Any]) -> str:
+def provenance(data: dict[str, Any], command_file: Path = COMMAND) -> str:
     """Where the numbers come from."""
-    command = COMMAND.read_text().strip() if COMMAND.exists() else "tokred compare"
+    command = command_file.read_text().strip() if command_file.exists() else "tokred compare"
     info = data["info"]
     return (
         f"Measured with `{command}` on {info['model']}, {info['samples']} questions of the `shapes` test split "
@@ -77,13 +85,19 @@ def render() -> dict[Path, str]:
     rows = {r["strategy"]: r for r in data["rows"]}
     files = {}
     note = provenance(data)
+    extras = []
+    for run in EXTRA_RUNS:
+        extra = json.loads((SOURCE.parent / f"{run}.json").read_text())
+        extras.append((provenance(extra, SOURCE.parent / f"{run}.COMMAND"), {r["strategy"]: r for r in extra["rows"]}))
+        files[OUT / f"{run}.md"] = extras[-1][0] + "\n" + HEADER + "".join(row_line(r) for r in extra["rows"])
     for name in STRATEGIES:
-        if name not in rows:
+        source, found = next(((n, r) for n, r in [(note, rows), *extras] if name in r), (note, rows))
+        if name not in found:
             body = f"`{name}` was not part of the committed reference run.\n"
         else:
-            chosen = [rows["none"]] + ([rows[name]] if name != "none" else [])
-            body = note + "\n" + HEADER + "".join(row_line(r) for r in chosen) + "\n" + by_type(rows[name])
-            options = rows[name].get("options") or {}
+            chosen = [found["none"]] + ([found[name]] if name != "none" else [])
+            body = source + "\n" + HEADER + "".join(row_line(r) for r in chosen) + "\n" + by_type(found[name])
+            options = found[name].get("options") or {}
             if options:
                 body += "\nOptions: " + ", ".join(f"`{k}={v!r}`" for k, v in options.items()) + ".\n"
         files[OUT / f"{name}.md"] = body

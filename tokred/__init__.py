@@ -26,6 +26,7 @@ from tokred._components import (
     ScoreContext,
     Scorer,
     Strategy,
+    TowerContext,
     compose,
 )
 from tokred._config import ComponentConfig
@@ -65,6 +66,7 @@ __all__ = [
     "Scorer",
     "Strategy",
     "TokredError",
+    "TowerContext",
     "UnknownNameError",
     "UnsupportedModeError",
     "UnsupportedModelError",

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 Kind = Literal["merger", "scorer", "scheduler", "strategy"]
 MergeStage = Literal["vision", "pre_llm"]
 QueryRows = Literal["none", "last", "text", "all"]
+TowerInput = Literal["cls_attention", "keys", "features"]
 
 
 class BaseComponent:
@@ -117,6 +118,8 @@ class MergeContext:
             ``uses_text``, else ``None``.
         text_tokens: For each row, the LLM input embeddings of those prompt tokens themselves, in prompt order, shape
             (B, T, C); filled with ``text_embedding`` (TensorRT-Edge-LLM's DART picks text pivots among them).
+        tower: The vision tower's attention for these images (see [`TowerContext`][tokred.TowerContext]); filled by
+            the pre-LLM stage for mergers that declare ``tower_inputs``, else ``None``.
         frames: For a ``temporal`` merger, the number of frames ``T`` of the clip in ``x`` (1, T * n_frame, C),
             frame-major; ``grid`` is then one frame's grid. ``None`` for a single image or frame.
     """
@@ -130,7 +133,72 @@ class MergeContext:
     num_layers: int | None = None
     text_embedding: torch.Tensor | None = None
     text_tokens: torch.Tensor | None = None
+    tower: TowerContext | None = None
     frames: int | None = None
+
+
+@dataclass
+class TowerContext:
+    """The vision tower's internals for the patches a pre-LLM merger reduces (mergers that set ``tower_inputs``).
+
+    Token ``0`` of the tower is its class token ([CLS]); tokens ``1..n`` are the ``n`` patches, in the order of the
+    merger's input rows (``x[:, j]`` is tower token ``j + 1``), so a patch's column is its row plus one. Captured by
+    the pre-LLM stage during the stock image-feature call, from forward hooks on the tower's query and key
+    projections (the model keeps its own attention kernel; ``output_attentions`` is never asked for), only for the
+    fields and layers the merger declares. "The feature layer" is the tower layer whose output the projector reads
+    (LLaVA's ``vision_feature_layer = -2``: the second-to-last layer; with several feature layers the deepest one).
+
+    Attributes:
+        layers: 0-based tower layers of the rows in ``cls_attention``, ascending.
+        feature_layer: 0-based index of the feature layer.
+        num_layers: Tower depth.
+        cls_attention: Softmax attention of the class token's query over all tower tokens, per layer of ``layers``
+            and per head, shape (B, L_c, H, T) float32 (T = n + 1); ``None`` unless ``"cls_attention"`` is declared.
+        keys: The feature layer's keys (its key projection, bias included, of the layer's normed input), per head,
+            shape (B, H, T, D); ``None`` unless ``"keys"`` is declared.
+        features: The pre-projector features of all tower tokens, shape (B, T, C_v): the hidden states the projector
+            reads (concatenated over the feature layers), class token included; ``None`` unless ``"features"`` is
+            declared.
+        project: The model's projector, mapping pre-projector features (B, M, C_v) to LLM-input features (B, M, C);
+            present with ``features``.
+    """
+
+    layers: tuple[int, ...]
+    feature_layer: int
+    num_layers: int
+    cls_attention: torch.Tensor | None = None
+    keys: torch.Tensor | None = None
+    features: torch.Tensor | None = None
+    project: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def cls_rows(self, layer: int, *, heads: Literal["mean", "sum", "each"] = "mean") -> torch.Tensor:
+        """The class token's attention to the patches at one tower layer.
+
+        Args:
+            layer: A 0-based tower layer of ``layers``.
+            heads: ``"mean"`` (head-mean, shape (B, n)), ``"sum"`` (summed over heads, (B, n)) or ``"each"``
+                (per head, (B, H, n)).
+
+        Returns:
+            Attention of the class token's query to each patch, float32.
+        """
+        if self.cls_attention is None or layer not in self.layers:
+            raise KeyError(f"no class-token attention captured for tower layer {layer} (captured: {self.layers})")
+        rows = self.cls_attention[:, self.layers.index(layer), :, 1:]  # (B, H, n)
+        if heads == "each":
+            return rows
+        return rows.mean(1) if heads == "mean" else rows.sum(1)
+
+    def row(self, i: int) -> TowerContext:
+        """The context of batch row ``i`` alone (batch size 1)."""
+
+        def pick(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[i : i + 1]
+
+        return TowerContext(
+            self.layers, self.feature_layer, self.num_layers,
+            pick(self.cls_attention), pick(self.keys), pick(self.features), self.project,
+        )  # fmt: skip
 
 
 @dataclass
@@ -142,12 +210,15 @@ class MergeResult:
         source: Provenance: for each input token, the output index it went into or -1 if dropped, shape (B, N).
         size: Patches each output stands for, shape (B, M), when the merger tracks sizes, else ``None``.
         grid: Grid of the outputs when they still form one (e.g. after pooling), else ``None``.
+        class_slot: Index of the output that holds the vision tower's class token (VisionZip keeps it), which no
+            input token went into, else ``None``.
     """
 
     x: torch.Tensor
     source: torch.Tensor
     size: torch.Tensor | None = None
     grid: tuple[int, int] | None = None
+    class_slot: int | None = None
 
 
 @runtime_checkable
@@ -168,7 +239,10 @@ class BaseMerger(BaseComponent):
     ``stage`` says where the merger acts: ``"pre_llm"`` on the projected features of each image before they enter
     the language model, or ``"vision"`` inside the vision tower's layers (then ``layer_budgets`` drives how many
     tokens each tower layer keeps). ``uses_text = True`` asks the pre-LLM stage for the prompt's mean text embedding
-    (``MergeContext.text_embedding``).
+    (``MergeContext.text_embedding``). ``tower_inputs`` names what a pre-LLM merger reads from the vision tower
+    (``"cls_attention"``, ``"keys"``, ``"features"``; see [`TowerContext`][tokred.TowerContext]): the pre-LLM stage
+    then captures exactly that (class-token rows at the layers ``tower_layers`` returns) and passes it as
+    ``MergeContext.tower``; an empty set (the default) captures nothing and costs nothing.
     """
 
     kind: ClassVar[Kind] = "merger"
@@ -177,6 +251,16 @@ class BaseMerger(BaseComponent):
     #: ``True``: the pre-LLM stage hands the merger a whole clip (every frame of a video, or a sample's images taken
     #: as frames) in one call, ``MergeContext.frames`` set; ``False`` (default): each frame and image on its own.
     temporal: ClassVar[bool] = False
+    tower_inputs: ClassVar[frozenset[TowerInput]] = frozenset()
+
+    def tower_layers(self, num_layers: int, feature_layer: int) -> list[int]:
+        """0-based tower layers whose class-token attention the merger reads (default: the feature layer only).
+
+        Args:
+            num_layers: Tower depth.
+            feature_layer: 0-based tower layer whose output the projector reads.
+        """
+        return [feature_layer]
 
     def merge(self, x: torch.Tensor, ctx: MergeContext) -> MergeResult:
         """Reduce tokens.
@@ -309,6 +393,9 @@ class BaseScheduler(BaseComponent):
     """
 
     kind: ClassVar[Kind] = "scheduler"
+    #: ``True``: every layer >= 1 is a pruning layer and the budgets are upper bounds; the scorer sizes each layer by
+    #: scoring the visual tokens to drop ``-inf`` (one sample per batch; FitPrune's calibration uses it).
+    adaptive: ClassVar[bool] = False
 
     def for_video(self) -> BaseScheduler:
         """The scheduler for a prompt with video input (default: this one; AIM's ``variant="auto"`` switches to its
@@ -368,6 +455,9 @@ class Strategy(BaseComponent):
     kind: ClassVar[Kind] = "strategy"
     budget_knob: ClassVar[str | None] = None
     budget_direction: ClassVar[int] = 1  # +1: a larger knob keeps more tokens; -1: fewer (e.g. ToMe's r)
+    #: The KV stage's component (`tokred.BaseKVCompressor`): which cache entries each layer keeps after the prefill;
+    #: set by ``build`` of strategies that compress the cache (PrefixKV), else ``None``.
+    kv_compressor: Any = None
 
     def __init__(self, config: ComponentConfig | None = None, **options: Any) -> None:
         super().__init__(config, **options)
@@ -381,6 +471,10 @@ class Strategy(BaseComponent):
     def build(self) -> tuple[BaseMerger | None, BaseScorer | None, BaseScheduler | None]:
         """Create the components from ``self.config``; the default is no reduction at all."""
         return None, None, None
+
+    def prepare(self, model: Any) -> None:
+        """Called by ``tokred.patch`` before anything is installed: strategies whose setup depends on the model (a
+        calibrated per-layer recipe) resolve it here, and raise ``ConfigError`` when they cannot. Default: nothing."""
 
     @property
     def components(self) -> dict[str, BaseComponent | None]:

@@ -546,6 +546,65 @@ def attention_heads(attn: torch.nn.Module) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Vision towers: class-token attention for pre-LLM mergers (VTC-CLS, VisionZip, VisPruner)
+# ----------------------------------------------------------------------------------------------------------------
+
+#: Names of the query projection of vision attention modules (``q_proj`` in 5.x; ``query`` in older DINOv2 code).
+VISION_QUERY_PROJECTIONS: tuple[str, ...] = ("q_proj", "query")
+#: LLaVA's projector and the config fields that say which tower hidden states it reads.
+PROJECTOR = "multi_modal_projector"
+FEATURE_SELECT = "vision_feature_select_strategy"
+
+
+def vision_query_module(attn: torch.nn.Module) -> torch.nn.Module:
+    """The query projection of a vision encoder layer's attention module."""
+    for name in VISION_QUERY_PROJECTIONS:
+        module = getattr(attn, name, None)
+        if isinstance(module, torch.nn.Module):
+            return module
+    raise AttributeError(f"{type(attn).__name__} has no query projection ({', '.join(VISION_QUERY_PROJECTIONS)})")
+
+
+def vision_layer_attention(layer: torch.nn.Module) -> torch.nn.Module:
+    """The self-attention module of a CLIP / SigLIP / DINOv2 encoder layer (`VISION_LAYOUTS`)."""
+    return layer.get_submodule(VISION_LAYOUTS[type(layer).__name__][1])
+
+
+def vision_has_class_token(layer: torch.nn.Module) -> bool:
+    """Whether the tower of this encoder layer prepends a class token (CLIP, DINOv2; not SigLIP)."""
+    return VISION_LAYOUTS[type(layer).__name__][6]
+
+
+def vision_attention_scale(attn: torch.nn.Module, head_dim: int) -> float:
+    """The softmax scale of a vision attention module (CLIP: ``scale``; DINOv2, SigLIP: ``scaling``)."""
+    for name in ("scale", "scaling"):
+        value = getattr(attn, name, None)
+        if isinstance(value, (int, float)):
+            return float(value)
+    return float(head_dim**-0.5)
+
+
+def tower_hidden_states(outputs: Any) -> tuple[torch.Tensor, ...] | None:
+    """The vision tower's hidden states (embeddings, then every layer's output) kept in a ``get_image_features``
+    result (LLaVA returns the tower's output with ``pooler_output`` replaced), or ``None``."""
+    states = getattr(outputs, "hidden_states", None)
+    return tuple(states) if states else None
+
+
+def feature_select_strategy(config: Any) -> str | None:
+    """LLaVA's ``vision_feature_select_strategy``: ``"default"`` drops the class token before the projector,
+    ``"full"`` keeps it."""
+    value = getattr(config, FEATURE_SELECT, None)
+    return None if value is None else str(value)
+
+
+def multimodal_projector(base: Any) -> torch.nn.Module | None:
+    """LLaVA's projector from tower hidden states to LLM-input features, or ``None``."""
+    module = getattr(base, PROJECTOR, None)
+    return module if isinstance(module, torch.nn.Module) else None
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Building the reference model (internal transformers modules, not top-level exports)
 # ----------------------------------------------------------------------------------------------------------------
 

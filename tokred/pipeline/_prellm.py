@@ -10,16 +10,18 @@ re-padded on the left. Every transformers name is asked of the seam (`tokred.ada
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from tokred._components import BaseMerger, MergeContext
+from tokred._components import BaseMerger, MergeContext, TowerContext
 from tokred.adapters import hf
 from tokred.errors import ConfigError, UnsupportedModeError
 from tokred.pipeline._checks import check_merge
+from tokred.pipeline._tower import TowerCapture
 
 
 @dataclass
@@ -65,13 +67,15 @@ def plan_image(
     merger: BaseMerger | None,
     metric: torch.Tensor | None = None,
     text: torch.Tensor | None = None,
+    tower: TowerContext | None = None,
     text_tokens: torch.Tensor | None = None,
 ) -> ImagePlan:
     """Reduce one image's features ``x`` (n, C), keeping ``text_like`` rows untouched and in place.
 
     ``metric`` (n, C'), when given, is what the merger matches on instead of the features (AIM's vision keys);
-    ``text`` (C,), the mean text embedding of the image's prompt, for mergers that read it (CDPruner);
-    ``text_tokens`` (T, C), the prompt's text-token embeddings themselves, with ``text``.
+    ``text`` (C,), the mean text embedding of the image's prompt, for mergers that read it (CDPruner); ``tower``, the
+    image's vision-tower context (batch 1), for mergers that declare ``tower_inputs``; ``text_tokens`` (T, C), the
+    prompt's text-token embeddings themselves, with ``text``.
     """
     n = x.shape[0]
     rows = torch.arange(n, device=x.device)
@@ -85,6 +89,7 @@ def plan_image(
         metric=None if metric is None else metric[content][None],
         text_embedding=None if text is None else text[None],
         text_tokens=None if text_tokens is None else text_tokens[None],
+        tower=tower,
     )
     res = check_merge(merger.merge(x[content][None], ctx), x[content][None], merger, ctx.grid)
     merged = res.x[0]  # (m, C)
@@ -158,6 +163,7 @@ class PreLLMStage:
         self.state = state
         self.original_counts = original_counts
         self.text_tokens: list[torch.Tensor | None] = []  # per image (T, C), set by image_texts for uses_text mergers
+        self.tower = TowerCapture(adapter, merger) if merger is not None and merger.tower_inputs else None
 
     def wants_vision_keys(self) -> bool:
         """Whether the merger matches on the vision tower's last-layer keys (AIM's image variant)."""
@@ -181,12 +187,15 @@ class PreLLMStage:
                 )
             hook = module.register_forward_hook(lambda _m, _i, out: setattr(self, "keys", out.detach()))
         try:
-            with torch.no_grad():
+            with torch.no_grad(), self._tower_capture():
                 out = hf.image_features(self.adapter.base, enc)
         finally:
             if hook is not None:
                 hook.remove()
         return out, enc
+
+    def _tower_capture(self) -> Any:
+        return self.tower.capture() if self.tower is not None else contextlib.nullcontext()
 
     def image_metrics(self, counts: list[int]) -> list[torch.Tensor | None]:
         """Per-image merge metric: the captured vision keys aligned with each image's features (class token
@@ -249,9 +258,10 @@ class PreLLMStage:
         metrics = self.image_metrics(counts)
         texts = self.image_texts(kwargs, orig or counts)
         tokens = self.text_tokens if self.merger is not None and self.merger.uses_text else [None] * len(texts)
+        towers = self.tower.contexts(out, counts) if self.tower is not None else [None] * len(counts)
         plans = [
-            plan_image(f, self.adapter.text_like_rows(f), g, self.merger, m, t, text_tokens=tt)
-            for f, g, m, t, tt in zip(feats, grids, metrics, texts, tokens)
+            plan_image(f, self.adapter.text_like_rows(f), g, self.merger, m, t, tw, text_tokens=tt)
+            for f, g, m, t, tw, tt in zip(feats, grids, metrics, texts, towers, tokens)
         ]
         if orig is not None:  # the vision tower merged: outputs stand for the first slots of each image
             plans = [

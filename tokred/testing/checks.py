@@ -18,6 +18,7 @@ or, in a pytest module, one test per (component, check) pair::
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -97,10 +98,20 @@ def check_scheduler_budgets(scheduler: BaseScheduler) -> None:
             assert all(b2 <= b1 for b1, b2 in zip(budgets, budgets[1:])), budgets
 
 
-def _merge_inputs(seed: int = 0) -> tuple[torch.Tensor, MergeContext]:
+def _merge_inputs(seed: int = 0, merger: BaseMerger | None = None) -> tuple[torch.Tensor, MergeContext]:
+    if merger is not None and merger.tower_inputs:  # a synthetic vision tower consistent with the features
+        from tokred.testing.towers import synthetic_tower
+
+        x, tower = synthetic_tower(2, 16, 8, seed=seed)
+        return x, MergeContext(grid=(4, 4), tower=tower)
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(2, 16, 8, generator=g)  # (B, N, C)
     return x, MergeContext(grid=(4, 4))
+
+
+def _row_ctx(ctx: MergeContext, i: int) -> MergeContext:
+    """The context of batch row ``i`` alone (per-row fields sliced)."""
+    return ctx if ctx.tower is None else dataclasses.replace(ctx, tower=ctx.tower.row(i))
 
 
 def _vision_ctx(merger: BaseMerger, x: torch.Tensor) -> MergeContext:
@@ -111,7 +122,7 @@ def _vision_ctx(merger: BaseMerger, x: torch.Tensor) -> MergeContext:
 
 def check_merger_output(merger: BaseMerger) -> None:
     """Output count matches ``output_count``; provenance partitions the input; dtype and device are kept."""
-    x, ctx = _merge_inputs()
+    x, ctx = _merge_inputs(merger=merger)
     if merger.stage == "vision":
         ctx = _vision_ctx(merger, x)
     out = merger.merge(x, ctx)
@@ -121,23 +132,24 @@ def check_merger_output(merger: BaseMerger) -> None:
     assert out.x.dtype == x.dtype and out.x.device == x.device, "merge must keep dtype and device"
     assert out.source.shape == (b, n), "source must give an output index (or -1) for every input"
     assert int(out.source.min()) >= -1 and int(out.source.max()) < expected, "source indices out of range"
+    extra = set() if out.class_slot is None else {out.class_slot}  # the tower's class token: no input went into it
     for row in out.source:
         used = set(row[row >= 0].tolist())
-        assert used == set(range(expected)), "every output must come from at least one input"
+        assert used == set(range(expected)) - extra, "every output must come from at least one input"
     if out.size is not None:
         assert torch.equal(out.size.sum(-1), torch.full((b,), float(n), dtype=out.size.dtype)), "sizes must sum to N"
 
 
 def check_merger_batch_independence(merger: BaseMerger) -> None:
     """Merging a batch equals merging each row alone, and repeating the call gives the same result."""
-    x, ctx = _merge_inputs(seed=1)
+    x, ctx = _merge_inputs(seed=1, merger=merger)
     if merger.stage == "vision":
         ctx = _vision_ctx(merger, x)
     full = merger.merge(x, ctx)
     again = merger.merge(x, ctx)
     assert torch.equal(full.x, again.x), "merge is not deterministic"
     for i in range(x.shape[0]):
-        single = merger.merge(x[i : i + 1], ctx)
+        single = merger.merge(x[i : i + 1], _row_ctx(ctx, i))
         torch.testing.assert_close(single.x[0], full.x[i], rtol=1e-5, atol=1e-6)
         assert torch.equal(single.source[0], full.source[i]), "provenance depends on other batch rows"
 
