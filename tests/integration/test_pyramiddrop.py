@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import reference_last_logits
+from conftest import HAND_WRITTEN, _cached, reference_last_logits
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 import tokred
@@ -168,3 +168,28 @@ def test_bad_options_and_models_are_refused():
         tokred.patch(llava, "pyramiddrop", image_token_ratio_list=(0.5, 0.25, 0.125))
     with pytest.raises(ConfigError, match="boundaries must be increasing in 1..1"):
         tokred.patch(llava, "pyramiddrop", layer_list=(8, 16, 24))
+
+
+@pytest.mark.parametrize("family", HAND_WRITTEN)
+def test_every_family_generates_like_the_no_cache_reference(family):
+    """PyramidDrop on each hand-written tiny family: generate equals the no-cache reference under every position
+    policy the family allows (M-RoPE families: original only)."""
+    from tokred.pipeline import select_adapter
+
+    model, make = _cached(family)
+    inputs = make(batch=1)
+    n = inputs["input_ids"].shape[1]
+    policies = ["original"] if select_adapter(model).uses_mrope() else ["original", "reindex"]
+    for positions in policies:
+        with tokred.patch(model, "pyramiddrop", positions=positions) as handle, torch.no_grad():
+            out = model.generate(**inputs, **GEN)
+            keeps = handle.stats.kept_indices
+        assert len(keeps) == 3
+        for step, logits in enumerate(out.logits):
+            full = dict(inputs, input_ids=out.sequences[:, : n + step])
+            full["attention_mask"] = torch.ones_like(full["input_ids"])
+            for key in ("token_type_ids", "mm_token_type_ids"):
+                if key in full:
+                    full[key] = torch.nn.functional.pad(full[key], (0, step))
+            ref = reference_last_logits(model, full, keeps, n, positions=positions)
+            assert (logits - ref).abs().max().item() <= 1e-5, f"{positions}, step {step}"
