@@ -41,12 +41,28 @@ def families() -> dict[str, str]:
     return image_text_families()
 
 
+#: Address-space limit of each family's interpreter: a default config too large to build tiny (DeepSeek-OCR 2's
+#: 7B-parameter vision encoder) fails to allocate instead of exhausting the machine's memory.
+MEMORY_LIMIT = 8 * 2**30
+
+
+def _limit_memory() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+
 def run_one(family: str, cls: str, timeout: int) -> dict:
     start = time.monotonic()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKRED_DISABLE_PROGRESS_BARS": "1"}
     try:
         res = subprocess.run(
-            [sys.executable, "-c", _CHILD, family, cls], capture_output=True, text=True, timeout=timeout, env=env
+            [sys.executable, "-c", _CHILD, family, cls],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            preexec_fn=_limit_memory,
         )
     except subprocess.TimeoutExpired:
         return {"family": family, "model_class": cls, "status": "NOT BUILT", "detail": f"timed out after {timeout} s"}
