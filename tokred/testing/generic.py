@@ -302,6 +302,8 @@ def _recipes(model: Any) -> list[tuple[str, Pixels]]:
             return {"pixel_values": torch.randn(b, c, 64, 64, generator=g), "image_sizes": torch.tensor([[64, 64]] * b)}
 
         return [("image_sizes", sized)]
+    if "spatial_shapes" in params and not extra - {"spatial_shapes", "pixel_attention_mask"}:
+        return [_naflex_recipe(vc, c, _size(model.config, "downsample_factor", 2))]
     pos = [k for k in params if k.endswith("position_ids")]
     if pos and not extra - set(pos):
         return [_patch_position_recipe(vc, c, pos[0])]
@@ -349,6 +351,21 @@ def _anyres_recipe(model: Any, base: Any, c: int, s: int) -> tuple[str, Pixels]:
         return {"pixel_values": torch.randn(b, tiles, c, s, s, generator=g), "image_sizes": torch.tensor([size] * b)}
 
     return "anyres", anyres
+
+
+def _naflex_recipe(vc: Any, c: int, factor: int) -> tuple[str, Pixels]:
+    """SigLIP2-NaFlex-style patch sequences: (B, P, C·p·p), a patch mask (B, P) and ``spatial_shapes`` [h, w],
+    h = w = 4 x the downsample factor."""
+    p, side = _size(vc, "patch_size", 16), 4 * factor
+
+    def naflex(b: int, g: torch.Generator) -> dict[str, torch.Tensor]:
+        return {
+            "pixel_values": torch.randn(b, side * side, c * p * p, generator=g),
+            "pixel_attention_mask": torch.ones(b, side * side, dtype=torch.long),
+            "spatial_shapes": torch.tensor([[side, side]] * b),
+        }
+
+    return "spatial shapes", naflex
 
 
 def _patch_position_recipe(vc: Any, c: int, key: str) -> tuple[str, Pixels]:

@@ -116,14 +116,17 @@ def reference_last_logits(
                 vis = injection[0]
                 h = h.clone()
                 h[vis] = h[vis] + injection[1][i]
-        normed = dec.norm(h)
-    return _head_logits(model, inputs, normed)
+    return _head_logits(model, inputs, h)
 
 
-def _head_logits(model: Any, inputs: dict[str, torch.Tensor], normed: torch.Tensor) -> torch.Tensor:
-    """Last-token logits (B, V) of the model's own head (LM head, logit scaling or soft-capping) on ``normed``
-    (B, N, C), the final-normed hidden states, put in place of the decoder's own by a hook on its final norm."""
-    hook = model.get_decoder().norm.register_forward_hook(lambda mod, args, out: normed)
+def _head_logits(model: Any, inputs: dict[str, torch.Tensor], h: torch.Tensor) -> torch.Tensor:
+    """Last-token logits (B, V) of the model's own final norm and head (whatever it names its norm; LM head, logit
+    scaling or soft-capping) on ``h`` (B, N, C), put in place of the last decoder layer's output by a hook."""
+
+    def swap(mod: Any, args: Any, out: Any) -> Any:
+        return (h, *out[1:]) if isinstance(out, tuple) else h
+
+    hook = model.get_decoder().layers[-1].register_forward_hook(swap)
     try:
         with torch.no_grad():
             return model(**inputs, use_cache=False).logits[:, -1].float()
