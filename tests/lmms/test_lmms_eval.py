@@ -184,3 +184,59 @@ def test_a_bad_option_makes_the_lmms_eval_command_exit_nonzero(task_dir):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "tokred: error:" in proc.stderr and "keep_ratio" in proc.stderr
+
+
+def _request(doc_id, context, n_images):
+    from lmms_eval.api.instance import Instance
+
+    def visuals(doc):
+        return [doc["image"]] * n_images
+
+    gen = {"max_new_tokens": 5, "temperature": 0, "do_sample": False, "until": ["\n\n"]}
+    args = (context, gen, visuals, doc_id, "t", "test")
+    return Instance("generate_until", args, idx=0, metadata={"task": "t", "doc_id": doc_id, "repeats": 1})
+
+
+def test_multi_image_requests_batch_like_singles(tiny_dir):
+    """Requests with one, two and one images in one chunk (split into a batch per visual-token count, as in-LLM
+    pruning needs equal counts) give the answers and statistics of the same requests one at a time."""
+    from PIL import Image
+
+    from tokred.integrations.lmms_eval._model import TokredSimple
+
+    docs = [{"image": Image.new("RGB", (60, 60), c)} for c in ("red", "green", "blue")]
+    requests = [_request(i, f"Describe image set {i}{'!' * i}", n) for i, n in enumerate((1, 2, 1))]
+    results = {}
+    for size in (3, 1):
+        lm = TokredSimple(pretrained=str(tiny_dir), strategy="fastv", layer=1, keep_ratio=0.5, batch_size=size)
+        lm.task_dict = {"t": {"test": docs}}
+        results[size] = lm.generate_until(requests)
+    assert [r.text for r in results[3]] == [r.text for r in results[1]]
+    stats = [r.token_counts.tokred for r in results[3]]
+    assert [s["visual_tokens_in"] for s in stats] == [16, 32, 16]
+    assert [s["visual_tokens_out"] for s in stats] == [8, 16, 8]
+    assert stats == [r.token_counts.tokred for r in results[1]]
+
+
+@pytest.mark.slow
+def test_two_accelerate_processes_give_the_answers_of_one(task_dir, tiny_dir, tmp_path):
+    """``accelerate launch`` with two CPU processes (gloo): lmms-eval shards the requests by the backend's rank; the
+    merged sample log equals a single-process run, and the logged means cover both ranks."""
+    args = f"pretrained={tiny_dir},strategy=fastv,layer=1,keep_ratio=0.25,max_new_tokens=6,batch_size=2"
+    single = {s["doc_id"]: s for s in evaluate(task_dir, args)["samples"]["tokred_shapes"]}
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "lmms_eval", "--model", "tokred",
+           "--model_args", args, "--tasks", "tokred_shapes", "--include_path", str(task_dir), "--limit", str(LIMIT),
+           "--log_samples", "--output_path", str(tmp_path), "--verbosity", "DEBUG"]  # fmt: skip
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [log] = tmp_path.rglob("*_samples_tokred_shapes.jsonl")
+    dp = {s["doc_id"]: s for s in map(json.loads, log.read_text().splitlines())}
+    assert sorted(dp) == sorted(single) == list(range(LIMIT))
+    # the written log flattens a one-element filtered_resps list (lmms-eval's EvaluationTracker)
+    assert [dp[i]["filtered_resps"] for i in dp] == [single[i]["filtered_resps"][0] for i in dp]
+    assert [dp[i]["token_counts"] for i in dp] == [single[i]["token_counts"] for i in dp]
+    [results] = tmp_path.rglob("*_results.json")
+    assert json.loads(results.read_text())["throughput"]["avg_tokred_requests"] == LIMIT  # both ranks gathered

@@ -124,23 +124,38 @@ class _TokredBase(lmms):
         started, generated = time.perf_counter(), 0
         for chunk in _chunks(order, self.batch_size, key=lambda i: _gen_key(requests[i])):
             convs = [self._conversation(requests[i]) for i in chunk]
-            gen_kwargs, stops = core.generation_settings(_gen_kwargs(requests[chunk[0]]), self.max_new_tokens)
+            settings = core.generation_settings(_gen_kwargs(requests[chunk[0]]), self.max_new_tokens)
             prompts = [core.render(self.processor, core.with_system(m, self.system_prompt)) for m, _ in convs]
-            batch = core.encode(self.processor, prompts, [im for _, im in convs], self.image_token_id, self.device)
-            with torch.inference_mode():
-                out = self._model.generate(**batch.inputs, **gen_kwargs, pad_token_id=core._pad_id(self.processor))
-            new = out[:, batch.inputs["input_ids"].shape[1] :]
-            texts = self.processor.tokenizer.batch_decode(new, skip_special_tokens=True)
-            stats = self._stats(batch)
-            for j, i in enumerate(chunk):
-                n_out = int((new[j] != core._pad_id(self.processor)).sum())
-                generated += n_out
-                counts = TokredTokenCounts(input_tokens=_row_len(batch, j), output_tokens=n_out)
-                counts.tokred = stats[j]
-                results[i] = GenerationResult(text=core.truncate_at_stop(texts[j], stops), token_counts=counts)
-                rows.extend([] if _is_padding(requests[i]) else [stats[j]])
+            for group, batch in self._batches(chunk, prompts, [im for _, im in convs]):
+                generated += self._generate_batch(requests, group, batch, settings, results, rows)
         self._log(rows, time.perf_counter() - started, generated)
         return results
+
+    def _generate_batch(
+        self,
+        requests: list[Instance],
+        group: list[int],
+        batch: core.Batch,
+        settings: tuple[dict[str, Any], list[str]],
+        results: list[Any],
+        rows: list[dict[str, Any]],
+    ) -> int:
+        """Generate for one batch, fill ``results`` and the statistics ``rows``; returns the tokens generated."""
+        gen_kwargs, stops = settings
+        pad = core._pad_id(self.processor)
+        with torch.inference_mode():
+            out = self._model.generate(**batch.inputs, **gen_kwargs, pad_token_id=pad)
+        new = out[:, batch.inputs["input_ids"].shape[1] :]  # (B, T)
+        texts = self.processor.tokenizer.batch_decode(new, skip_special_tokens=True)
+        stats = self._stats(batch)
+        generated = 0
+        for j, i in enumerate(group):
+            n_out = int((new[j] != pad).sum())
+            generated += n_out
+            counts = TokredTokenCounts(input_tokens=_row_len(batch, j), output_tokens=n_out, tokred=stats[j])
+            results[i] = GenerationResult(text=core.truncate_at_stop(texts[j], stops), token_counts=counts)
+            rows.extend([] if _is_padding(requests[i]) else [stats[j]])
+        return generated
 
     def loglikelihood(self, requests: list[Instance]) -> list[Any]:
         """Mean negative log-likelihood of each continuation (lmms-eval's loss convention) and whether greedy
@@ -153,28 +168,52 @@ class _TokredBase(lmms):
         rows: list[dict[str, Any]] = []
         started = time.perf_counter()
         for chunk in _chunks(list(range(len(requests))), self.batch_size, key=lambda i: 0):
-            prompts, images, conts = [], [], []
-            for i in chunk:
-                context, target, doc_to_visual, doc_id, task, split = requests[i].args
-                doc = self._doc(task, split, doc_id)
-                continuation = target if isinstance(target, str) else target(doc)
-                visuals = core.check_images(doc_to_visual(doc) or []) if doc_to_visual is not None else []
-                messages = core.with_system(core.user_turn(context, len(visuals)), self.system_prompt)
-                prompts.append(core.render(self.processor, messages))
-                images.append(visuals)
-                conts.append(self._continuation_ids(str(continuation)))
-            batch = core.encode(self.processor, prompts, images, self.image_token_id, self.device, suffix_ids=conts)
-            with torch.inference_mode():
-                logits = self._model(**batch.inputs).logits  # (B, L, V)
-            scores = core.continuation_scores(logits, conts)
-            stats = self._stats(batch)
-            for j, i in enumerate(chunk):
-                counts = TokredTokenCounts(input_tokens=_row_len(batch, j))
-                counts.tokred = stats[j]
-                results[i] = GenerationResult(text=scores[j], token_counts=counts)
-                rows.extend([] if _is_padding(requests[i]) else [stats[j]])
+            parts = [self._scored_prompt(requests[i]) for i in chunk]
+            conts = {i: c for i, (_, _, c) in zip(chunk, parts)}
+            for group, batch in self._batches(chunk, [p for p, _, _ in parts], [im for _, im, _ in parts], conts):
+                with torch.inference_mode():
+                    logits = self._model(**batch.inputs).logits  # (B, L, V)
+                scores = core.continuation_scores(logits, [conts[i] for i in group])
+                stats = self._stats(batch)
+                for j, i in enumerate(group):
+                    counts = TokredTokenCounts(input_tokens=_row_len(batch, j), tokred=stats[j])
+                    results[i] = GenerationResult(text=scores[j], token_counts=counts)
+                    rows.extend([] if _is_padding(requests[i]) else [stats[j]])
         self._log(rows, time.perf_counter() - started, 0)
         return results
+
+    def _scored_prompt(self, request: Instance) -> tuple[str, list[Any], torch.Tensor]:
+        """(rendered prompt, images, continuation ids (C,)) of a loglikelihood request."""
+        context, target, doc_to_visual, doc_id, task, split = request.args
+        doc = self._doc(task, split, doc_id)
+        continuation = target if isinstance(target, str) else target(doc)
+        visuals = core.check_images(doc_to_visual(doc) or []) if doc_to_visual is not None else []
+        messages = core.with_system(core.user_turn(context, len(visuals)), self.system_prompt)
+        return core.render(self.processor, messages), visuals, self._continuation_ids(str(continuation))
+
+    def _batches(
+        self,
+        chunk: list[int],
+        prompts: list[str],
+        images: list[list[Any]],
+        conts: dict[int, torch.Tensor] | None = None,
+    ) -> list[tuple[list[int], core.Batch]]:
+        """The chunk's batches as (request indices, batch): one batch, or, when the patched model would get rows with
+        different visual token counts (which in-LLM pruning refuses), one batch per count, in order of first row."""
+
+        def encode(rows: list[int]) -> core.Batch:
+            suffix = None if conts is None else [conts[chunk[j]] for j in rows]
+            picked = ([prompts[j] for j in rows], [images[j] for j in rows])
+            return core.encode(self.processor, *picked, self.image_token_id, self.device, suffix_ids=suffix)
+
+        everything = list(range(len(chunk)))
+        batch = encode(everything)
+        if self.handle is None or len(set(batch.visual_tokens)) <= 1:
+            return [(chunk, batch)]
+        groups: dict[int, list[int]] = {}
+        for j, count in enumerate(batch.visual_tokens):
+            groups.setdefault(count, []).append(j)
+        return [([chunk[j] for j in rows], encode(rows)) for rows in groups.values()]
 
     def generate_until_multi_round(self, requests: list[Instance]) -> list[Any]:
         """Not supported (one clear error)."""
