@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tower_references import ref_vispruner, ref_visionzip
+from tower_references import ref_visionzip, ref_vispruner
 
-from tokred.ops.tower import cls_attention_rows, vispruner_keep, visionzip_groups
+from tokred.ops.tower import cls_attention_rows, visionzip_groups, vispruner_keep
 
 
 def _attention(scores: np.ndarray) -> np.ndarray:
