@@ -37,6 +37,8 @@ STRATEGIES = (
     "vtc-cls",
     "visionzip",
     "vispruner",
+    "fitprune",
+    "prefixkv",
     "none",
 )
 

@@ -42,6 +42,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "tokred.strategies.visionzip",
     "tokred.strategies.vispruner",
     "tokred.strategies.pyramiddrop",
+    "tokred.strategies.fitprune",
+    "tokred.strategies.prefixkv",
     "tokred.strategies.evs",
     "tokred.adapters",
 )

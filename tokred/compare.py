@@ -362,7 +362,7 @@ _PROBE_DEPTH, _PROBE_TOKENS = 1024, 576
 def _probe_schedule(strategy: Strategy) -> None:
     """Ask the schedule for a deep stack before any model is loaded, so that an inconsistent configuration (such as
     ``l1 >= l2``) fails now; whether it fits the model's depth is checked when the model is patched."""
-    if strategy.scheduler is None:
+    if strategy.scheduler is None or getattr(type(strategy), "calibrated_budget", None):  # fitprune: from its recipe
         return
     try:
         strategy.scheduler.budgets(_PROBE_DEPTH, _PROBE_TOKENS)
@@ -400,6 +400,7 @@ def match_budgets(
         The baseline, then every strategy at the first target, every strategy at the second, and so on.
     """
     from tokred.budget import search_knob
+    from tokred.calibration import calibrated_match
 
     assert settings.match is not None
     kind, targets = settings.match
@@ -407,7 +408,8 @@ def match_budgets(
     points = [variants[0]]
     for target in targets:
         for v in variants[1:]:
-            found = search_knob(v.strategy, measure, target)
+            found = calibrated_match(v.strategy, kind, target, runner, measure)  # fitprune: calibrate at the target
+            found = found or search_knob(v.strategy, measure, target)
             on_target = found.relative_error <= settings.match_tolerance
             points.append(Variant(v.label, found.strategy, found.value, found.achieved, target, on_target, kind))
     return points

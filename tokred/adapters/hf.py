@@ -300,6 +300,38 @@ def pin_mask_sizes(cache: Any, anchor: int = 0) -> None:
     cache.get_mask_sizes, cache.get_query_offset, cache._tokred_pinned = get_mask_sizes, get_query_offset, True
 
 
+def select_cache_entries(cache: Any, layer: int, index: torch.Tensor) -> None:
+    """Keep only the entries ``index`` (B, K) of one ``DynamicLayer``'s keys and values (sequence dim -2), in place."""
+    entry = cache.layers[layer]
+    for name in ("keys", "values"):
+        t = getattr(entry, name)  # (B, H_kv, N, D)
+        gather = index[:, None, :, None].expand(t.shape[0], t.shape[1], index.shape[1], t.shape[3]).to(t.device)
+        setattr(entry, name, t.gather(2, gather).contiguous())
+
+
+def pin_kv_lengths(cache: Any, evicted: list[int]) -> None:
+    """Make a cache whose layers lost ``evicted[i]`` prompt entries after the prefill report original lengths.
+
+    ``get_seq_length`` (which generation and the decoder use for the next positions) adds back each layer's evicted
+    count, and the mask sizes and query offset come from layer 0 plus its evicted count: the mask of a decode step is
+    built over the original sequence (tokred then gathers each layer's columns). Replaces ``pin_mask_sizes``.
+    """
+    cls = type(cache)
+
+    def get_seq_length(layer_idx: int = 0) -> int:
+        return int(cls.get_seq_length(cache, layer_idx)) + (evicted[layer_idx] if layer_idx < len(evicted) else 0)
+
+    def get_mask_sizes(query_length: int, layer_idx: int = 0) -> tuple[int, int]:
+        kv_length, offset = cls.get_mask_sizes(cache, query_length, 0)
+        return int(kv_length) + evicted[0], offset
+
+    def get_query_offset(layer_idx: int = 0) -> int:
+        return int(cls.get_seq_length(cache, 0)) + evicted[0]  # the class's own offset would call the pinned length
+
+    cache.get_seq_length, cache.get_mask_sizes = get_seq_length, get_mask_sizes
+    cache.get_query_offset, cache._tokred_pinned = get_query_offset, True
+
+
 def output_cache(outputs: Any) -> Any:
     """The KV cache of a model output (5.24 renamed the field ``past_key_values`` to ``cache``)."""
     for name in CACHE_NAMES:

@@ -14,6 +14,7 @@ import typer
 
 from tokred.cli.analyze import analyze_app
 from tokred.cli.bench import bench_command
+from tokred.cli.calibrate import calibrate_command
 from tokred.cli.compare import compare_command
 from tokred.cli.flops import flops_command
 from tokred.cli.list import list_command, show_command
@@ -54,6 +55,7 @@ app.command("plugins")(_interruptible(plugins_command))
 app.command("compare")(_interruptible(compare_command))
 app.command("flops")(_interruptible(flops_command))
 app.command("bench")(_interruptible(bench_command))
+app.command("calibrate")(_interruptible(calibrate_command))
 app.command("report")(_interruptible(report_command))
 app.add_typer(analyze_app, name="analyze")
 

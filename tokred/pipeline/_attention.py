@@ -19,6 +19,7 @@ from tokred.adapters import hf
 SDPA_NAME = "tokred_sdpa"
 EAGER_NAME = "tokred_eager"
 CAPTURE_ATTR = "_tokred_capture"
+KV_ATTR = "_tokred_kv"  # (KV stage, layer): the KV stage observes every prefill layer's queries and keys
 
 _registered = False
 
@@ -40,6 +41,12 @@ def _capture(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, kw
         raise ProbeDone
     if layer in state.capture_layers:
         state.capture(layer, query, key, hf.attention_scaling(module, kwargs, query.shape[-1]))
+
+
+def _observe(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, kwargs: dict[str, Any]) -> None:
+    tag = module.__dict__.get(KV_ATTR)
+    if tag is not None:
+        tag[0].observe(tag[1], query, key, kwargs, module)
 
 
 def tokred_sdpa(
@@ -64,6 +71,7 @@ def tokred_sdpa(
         What the stock SDPA attention function returns.
     """
     _capture(module, query, key, kwargs)
+    _observe(module, query, key, kwargs)
     return hf.sdpa_attention(module, query, key, value, attention_mask, **kwargs)
 
 
@@ -77,6 +85,7 @@ def tokred_eager(
 ) -> tuple[torch.Tensor, Any]:
     """The model's own eager attention function (from the module's modeling file) plus capture."""
     _capture(module, query, key, kwargs)
+    _observe(module, query, key, kwargs)
     return hf.eager_attention(module)(module, query, key, value, attention_mask, **kwargs)
 
 

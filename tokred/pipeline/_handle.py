@@ -19,7 +19,7 @@ from tokred._api import create_strategy
 from tokred._components import Strategy
 from tokred.adapters import hf
 from tokred.errors import ConfigError, TokredError, UnsupportedModeError, UnsupportedModelError
-from tokred.pipeline._attention import CAPTURE_ATTR, register_attention_functions, wrapped_name
+from tokred.pipeline._attention import CAPTURE_ATTR, KV_ATTR, register_attention_functions, wrapped_name
 from tokred.pipeline._checks import check_schedule_depth
 from tokred.pipeline._llm import InLLMStage
 from tokred.pipeline._prellm import PreLLMStage
@@ -82,9 +82,19 @@ class PatchHandle:
         counts = self._vision.original_counts if self._vision is not None else None
         self._prellm = PreLLMStage(adapter, pre_merger, self._state, counts)
         self._reduces_before = merger is not None
+        self._kv = None
+        if strategy.kv_compressor is not None:
+            from tokred.pipeline._kv import KVStage
+
+            self._kv = KVStage(adapter, self._state, strategy.kv_compressor)
         self._needs_features = self._reduces_before or bool(adapter.has_text_like_rows)
 
     # --------------------------------------------------------------------------------------- public
+
+    @property
+    def kv_tokens_per_layer(self) -> list[int] | None:
+        """Prompt entries each layer's KV cache held after the last prefill's KV stage (``None`` without one)."""
+        return None if self._kv is None else list(self._kv.tokens_per_layer)
 
     @property
     def stats(self) -> ReductionStats:
@@ -134,7 +144,10 @@ class PatchHandle:
         self._undo.append(h.remove)
         for handle in InLLMStage(adapter, self._state).install():  # also records the stats when nothing is pruned
             self._undo.append(handle.remove)
-        if self.strategy.scheduler is not None:
+        if self._kv is not None:  # after the in-LLM stage: its hooks read the prefill state that stage begins
+            for handle in self._kv.install():
+                self._undo.append(handle.remove)
+        if self.strategy.scheduler is not None or self._kv is not None:
             self._install_attention()
         if self._vision is not None:
             for undo in self._vision.install():
@@ -143,7 +156,8 @@ class PatchHandle:
 
     def _install_attention(self) -> None:
         scorer = self.strategy.scorer
-        if scorer is None or scorer.query_rows == "none":
+        observed = self._kv.tag_attention() if self._kv is not None else []
+        if (scorer is None or scorer.query_rows == "none") and not observed:
             return
         original = hf.text_attn_implementation(self.adapter.text_config)
         requested = self._attn_request or original
@@ -162,6 +176,9 @@ class PatchHandle:
         for i, attn in self.adapter.attention_modules():
             attn.__dict__[CAPTURE_ATTR] = (self._state, i)
             self._undo.append(functools.partial(attn.__dict__.pop, CAPTURE_ATTR, None))
+        for i, attn in observed:
+            attn.__dict__[KV_ATTR] = (self._kv, i)
+            self._undo.append(functools.partial(attn.__dict__.pop, KV_ATTR, None))
         hf.set_text_attn_implementation(self.model, name)
         self._undo.append(lambda: hf.set_text_attn_implementation(self.model, original))
 
@@ -188,7 +205,7 @@ class PatchHandle:
     # --------------------------------------------------------------------------------------- runtime
 
     def _reduces(self) -> bool:
-        return self._reduces_before or self.strategy.scheduler is not None
+        return self._reduces_before or self.strategy.scheduler is not None or self._kv is not None
 
     def _guard_generate(self, kwargs: dict[str, Any]) -> None:
         if not self._reduces():
@@ -375,6 +392,7 @@ def patch(
         raise ConfigError(f"unknown prune mode {strat.prune_mode!r}; use 'drop' or 'mask'")
     _check_position_policy(strat)
     adapter = select_adapter(model)
+    strat.prepare(model)
     if strat.position_policy == "reindex" and strat.scheduler is not None and adapter.uses_mrope():
         raise UnsupportedModelError(
             f"strategy '{strat.name}' asks for positions='reindex', but {type(model).__name__} uses multi-axis M-RoPE "
