@@ -81,3 +81,19 @@ def test_cls_attention_rows_is_the_class_row_of_full_attention():
     q, k = torch.randn(2, 3, 9, 4, generator=g), torch.randn(2, 3, 9, 4, generator=g)
     full = torch.softmax(q @ k.transpose(-1, -2) * 0.5, -1)  # (B, H, T, T)
     torch.testing.assert_close(cls_attention_rows(q[:, :, :1], k, 0.5), full[:, :, 0])
+
+
+def test_tower_context_rows_per_head_mean_sum_and_batch_row():
+    from tokred.testing.towers import synthetic_tower
+
+    _, tower = synthetic_tower(batch=3, patches=10, layers=5, heads=4)
+    layer = tower.feature_layer
+    each = tower.cls_rows(layer, heads="each")  # (B, H, n)
+    assert each.shape == (3, 4, 10)
+    assert torch.equal(each, tower.cls_attention[:, tower.layers.index(layer), :, 1:])
+    torch.testing.assert_close(tower.cls_rows(layer), each.mean(1))
+    torch.testing.assert_close(tower.cls_rows(layer, heads="sum"), each.sum(1))
+    one = tower.row(2)
+    assert torch.equal(one.cls_rows(layer, heads="each")[0], each[2]) and one.features.shape[0] == 1
+    with pytest.raises(KeyError, match="no class-token attention captured for tower layer 0"):
+        tower.cls_rows(0)
