@@ -214,7 +214,7 @@ def compare_command(
     for err in result.info.get("dataset_errors", []):
         stderr().print(f"warning: skipped {err}", markup=False)
     for note in result.info.get("off_target", []):
-        stderr().print(f"warning: {note}", markup=False)
+        stderr().print(f"warning: {note}", markup=False, soft_wrap=True)  # one line each, whatever the width
     _write_outputs(result, plot)
     _emit(result, fmt)
 
