@@ -2,10 +2,15 @@
 
 Every strategy is compared with the unreduced model (``none``) on the same samples: accuracy with a bootstrap
 interval, agreement with the baseline's answers, an exact McNemar test against the baseline, prefill FLOPs from
-the tokens each layer really processed, measured prefill and decode latency (interleaved across strategies),
-KV-cache bytes read from the cache object, and visual tokens. Per-sample results are appended to
+the tokens each layer really processed, measured prefill and decode latency and throughput (interleaved across
+strategies), KV-cache bytes read from the cache object, peak tensor memory, and visual tokens.
+
+A strategy may be named with options (``fastv@keep_ratio=0.25``, see [`parse_spec`][tokred.compare.parse_spec]);
+several ``--match`` targets evaluate every strategy at each (one point per strategy and budget, see
+[`match_budgets`][tokred.compare.match_budgets]); the strategies at one budget are tested pairwise (exact McNemar,
+Holm-corrected, see [`pairwise_tests`][tokred.compare.pairwise_tests]). Per-sample results are appended to
 ``samples.jsonl`` as they complete, so an interrupted run loses nothing and a rerun with the same output folder
-resumes.
+resumes (records are reused per strategy label and options).
 
 Example:
     >>> from tokred.compare import CompareSettings, run_compare
@@ -400,7 +405,6 @@ def match_budgets(
         The baseline, then every strategy at the first target, every strategy at the second, and so on.
     """
     from tokred.budget import search_knob
-    from tokred.calibration import calibrated_match
 
     assert settings.match is not None
     kind, targets = settings.match
@@ -408,8 +412,7 @@ def match_budgets(
     points = [variants[0]]
     for target in targets:
         for v in variants[1:]:
-            found = calibrated_match(v.strategy, kind, target, runner, measure)  # fitprune: calibrate at the target
-            found = found or search_knob(v.strategy, measure, target)
+            found = search_knob(v.strategy, measure, target)
             on_target = found.relative_error <= settings.match_tolerance
             points.append(Variant(v.label, found.strategy, found.value, found.achieved, target, on_target, kind))
     return points

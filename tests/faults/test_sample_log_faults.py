@@ -33,6 +33,7 @@ ARGS = ["compare", "--model", "tiny", "-s", "fastv", "--batch-size", "2", "--tim
 SUMMARY_KEYS = ("strategy", "n", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "agreement", "mcnemar_p",
                 "relative_flops", "visual_into_llm", "mean_tokens_per_layer")  # fmt: skip
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKRED_DISABLE_PLUGIN_AUTOLOAD": "1", "COLUMNS": "200"}
+ENV["TOKRED_DISABLE_PROGRESS_BARS"] = "1"  # stderr holds only the error line under test (no progress lines)
 ENV.pop("TOKRED_DEBUG", None)
 
 
