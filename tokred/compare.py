@@ -405,6 +405,7 @@ def match_budgets(
         The baseline, then every strategy at the first target, every strategy at the second, and so on.
     """
     from tokred.budget import search_knob
+    from tokred.calibration import calibrated_match
 
     assert settings.match is not None
     kind, targets = settings.match
@@ -412,7 +413,8 @@ def match_budgets(
     points = [variants[0]]
     for target in targets:
         for v in variants[1:]:
-            found = search_knob(v.strategy, measure, target)
+            found = calibrated_match(v.strategy, kind, target, runner, measure)  # fitprune: calibrate at the target
+            found = found or search_knob(v.strategy, measure, target)
             on_target = found.relative_error <= settings.match_tolerance
             points.append(Variant(v.label, found.strategy, found.value, found.achieved, target, on_target, kind))
     return points
