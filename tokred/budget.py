@@ -48,8 +48,10 @@ def visual_after_merge(
     merger = strategy.merger
     if merger is not None and video:
         merger = merger.for_video()
-        if merger.temporal:  # one clip of `images` frames; the frame's grid tells the merger the frame count
-            return merger.output_count(visual_tokens * images, grid or (1, visual_tokens))
+    if merger is not None and merger.temporal and (video or images > 1):
+        # one clip of `images` frames (the generic path reads a sample's images as the frames of one clip); the
+        # frame's grid tells the merger the frame count
+        return merger.output_count(visual_tokens * images, grid or (1, visual_tokens))
     if merger is None:
         return visual_tokens * images
     if merger.stage == "vision":
@@ -71,6 +73,7 @@ def predict_tokens_per_layer(
     images: int = 1,
     grid: tuple[int, int] | None = None,
     vision_layers: int | None = None,
+    feature_layer: int = -1,
     video: bool = False,
 ) -> list[int]:
     """Sequence length each decoder layer processes (text tokens are never reduced).
@@ -83,6 +86,7 @@ def predict_tokens_per_layer(
         images: Images per sample.
         grid: Token grid of one image (pooling needs it; a square count is inferred).
         vision_layers: Vision-tower depth, for vision-stage mergers.
+        feature_layer: The model's ``vision_feature_layer`` (see `visual_after_merge`).
         video: The images are the frames of one video (see `visual_after_merge`); the scheduler's video variant
             applies.
 
@@ -90,7 +94,13 @@ def predict_tokens_per_layer(
         ``num_layers`` sequence lengths.
     """
     visual = visual_after_merge(
-        strategy, visual_tokens, images=images, grid=grid, vision_layers=vision_layers, video=video
+        strategy,
+        visual_tokens,
+        images=images,
+        grid=grid,
+        vision_layers=vision_layers,
+        feature_layer=feature_layer,
+        video=video,
     )
     if strategy.scheduler is None:
         return [text_tokens + visual] * num_layers
@@ -172,8 +182,10 @@ def _knob_bounds(strategy: Strategy, knob: str) -> tuple[float, float, bool]:
         hi = min(hi, 256.0)  # integer knobs (ToMe's r, pooling's kernel) are scanned; keep the scan short
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ConfigError(f"budget knob '{knob}' of '{strategy.name}' needs finite bounds to be searched")
-    if field.metadata and any(getattr(m, "gt", None) is not None for m in field.metadata):
+    if any(getattr(m, "gt", None) is not None for m in field.metadata):  # open bounds: search just inside them
         lo = lo + 1e-6 if not is_int else lo + 1
+    if any(getattr(m, "lt", None) is not None for m in field.metadata):
+        hi = hi - 1e-6 if not is_int else hi - 1
     return lo, hi, is_int
 
 
@@ -185,6 +197,7 @@ def relative_flops_measure(
     images: int = 1,
     grid: tuple[int, int] | None = None,
     vision_layers: int | None = None,
+    feature_layer: int = -1,
     convention: str = "llm-viewer",
 ) -> Callable[[Strategy], float]:
     """A ``measure`` for :func:`search_knob`: predicted prefill FLOPs relative to the unreduced model."""
@@ -202,6 +215,7 @@ def relative_flops_measure(
             images=images,
             grid=grid,
             vision_layers=vision_layers,
+            feature_layer=feature_layer,
         )
         return prefill_flops(text_config, tokens, convention) / base  # type: ignore[arg-type]
 

@@ -436,19 +436,38 @@ def _budget_measure(kind: str, runner: Runner, counts: tuple[int, int], conventi
 
     text_cfg = text_config_of(runner.model)
     text, visual = counts
+    shape = _visual_shape(runner, visual)
     if kind == "flops":
-        return relative_flops_measure(
-            text_cfg, text_tokens=text, visual_tokens=visual, grid=runner.image_grid, convention=convention
-        )
+        return relative_flops_measure(text_cfg, text_tokens=text, convention=convention, **shape)
     layers = int(text_cfg.num_hidden_layers)
 
     def mean_visual_tokens(strategy: Strategy) -> float:
-        tokens = predict_tokens_per_layer(
-            strategy, num_layers=layers, text_tokens=text, visual_tokens=visual, grid=runner.image_grid
-        )
+        tokens = predict_tokens_per_layer(strategy, num_layers=layers, text_tokens=text, **shape)
         return sum(tokens) / layers - text
 
     return mean_visual_tokens
+
+
+def _visual_shape(runner: Runner, visual: int) -> dict[str, Any]:
+    """The budget prediction's view of a sample's ``visual`` tokens: per image, image count, grid, tower depth.
+
+    A sample of several images (a video's frames enter the reference model as a sequence of images) has ``visual``
+    tokens in ``visual / grid`` images of one grid each; the tower depth and feature layer let the prediction follow
+    mergers inside the vision tower (ToMe).
+    """
+    grid = runner.image_grid
+    per_image = grid[0] * grid[1] if grid else visual
+    images = visual // per_image if per_image and visual % per_image == 0 and visual > per_image else 1
+    vision_cfg = getattr(runner.model.config, "vision_config", None)
+    depth = getattr(vision_cfg, "num_hidden_layers", None)
+    feature_layer = getattr(runner.model.config, "vision_feature_layer", -1)
+    return {
+        "visual_tokens": visual // images,
+        "images": images,
+        "grid": grid,
+        "vision_layers": int(depth) if depth is not None else None,
+        "feature_layer": feature_layer if isinstance(feature_layer, int) else max(feature_layer),
+    }
 
 
 # ------------------------------------------------------------------------------------------------ evaluation

@@ -272,3 +272,11 @@ def test_cli_plain_progress_lines_and_batch_table(tmp_path):
     lines = [line for line in out.stderr.splitlines() if line.startswith("compare: ")]
     assert lines == [f"compare: {label}: {n}/4 samples" for label in ("none", "fastv") for n in (2, 4)]
     assert "latency vs batch size" in out.stdout and "Holm" in out.stdout
+
+
+def test_match_searches_mergers_inside_the_vision_tower():
+    # ToMe merges in the tower: the prediction needs the tower depth and feature layer from the model's config
+    result = run_compare(settings(strategies=["tome"], match=("flops", 0.6), limit=2, batch_size=2))
+    row = {r["strategy"]: r for r in result.rows}["tome"]
+    assert row["knob_value"] >= 1 and row["relative_flops"] < 1.0
+    assert row["visual_into_llm"] < row["visual_in"]

@@ -86,3 +86,41 @@ def test_peak_from_trace_follows_allocations_and_frees_in_time_order():
     events = [mem(3, -4), mem(1, 4), mem(2, 8), mem(4, 2), {"name": "aten::mm", "ts": 2.5}, mem(2.2, 100, device=1)]
     assert peak_from_trace(events) == 12  # 4 then 4+8; the CUDA event (device 1) and the op are ignored
     assert peak_from_trace([]) == 0
+
+
+class _FakeRunner:
+    """What the budget prediction reads of a runner: the model's config and one image's token grid."""
+
+    def __init__(self, grid, vision_layers=None, feature_layer=-2):
+        from types import SimpleNamespace
+
+        vision = SimpleNamespace(num_hidden_layers=vision_layers) if vision_layers else None
+        self.model = SimpleNamespace(config=SimpleNamespace(vision_config=vision, vision_feature_layer=feature_layer))
+        self.image_grid = grid
+
+
+def test_budget_prediction_counts_frames_and_tower_depth():
+    from tokred.compare import _visual_shape
+
+    shape = _visual_shape(_FakeRunner((4, 4), vision_layers=6), 8 * 16)  # a sample of 8 frames of 16 tokens
+    assert shape == {"visual_tokens": 16, "images": 8, "grid": (4, 4), "vision_layers": 6, "feature_layer": -2}
+    assert _visual_shape(_FakeRunner((4, 4)), 16)["images"] == 1
+    assert _visual_shape(_FakeRunner(None), 30)["visual_tokens"] == 30  # no grid: one image of every token
+
+
+def test_a_temporal_merger_is_predicted_over_the_whole_clip():
+    from tokred.budget import visual_after_merge
+    from tokred.ops.temporal import evs_keep_count
+
+    evs = tokred.create_strategy("evs", rate=0.75)
+    # frames entering as a sequence of images form one clip; frame 0 kept whole, the rest share the budget
+    assert visual_after_merge(evs, 16, images=8, grid=(4, 4)) == evs_keep_count(8, 16, 0.75) == 32
+    assert visual_after_merge(evs, 16, images=1, grid=(4, 4)) == 16  # one frame: nothing to compare with
+
+
+def test_knob_search_stays_inside_open_bounds():
+    from tokred.budget import _knob_bounds
+
+    lo, hi, is_int = _knob_bounds(tokred.create_strategy("evs"), "rate")  # 0 <= rate < 1
+    assert not is_int and lo == 0.0 and hi < 1.0
+    tokred.create_strategy("evs", rate=hi)  # the upper end of the search is a valid option
