@@ -43,7 +43,7 @@ def families() -> dict[str, str]:
 
 #: Address-space limit of each family's interpreter: a default config too large to build tiny (DeepSeek-OCR 2's
 #: 7B-parameter vision encoder) fails to allocate instead of exhausting the machine's memory.
-MEMORY_LIMIT = 8 * 2**30
+MEMORY_LIMIT = 16 * 2**30
 
 
 def _limit_memory() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,10 @@ HAND_WRITTEN = [
     "gemma3",
     "qwen3_vl",
 ]
-SWEEP = Path(__file__).resolve().parents[2] / "docs" / "_sweep" / "sweep.json"
+#: The committed sweep; TOKRED_SWEEP_JSON points the tests at another run's JSON (e.g. a sweep in progress).
+SWEEP = Path(
+    os.environ.get("TOKRED_SWEEP_JSON") or Path(__file__).resolve().parents[2] / "docs" / "_sweep" / "sweep.json"
+)
 
 
 def swept_families() -> list[str]:
@@ -66,3 +70,22 @@ def tiny(family):
     model, make = _cached(family)
     yield model, make
     assert "_tokred_handle" not in model.__dict__, "a test left the model patched"
+
+
+def pytest_collection_modifyitems(config, items):
+    """A family from the sweep (not hand-written) runs each test with the first value of its other parameters only
+    (e.g. fastv, not every pruning strategy): the sweep families add CI time per family, the strategies are covered on
+    the hand-written ones. TOKRED_ALL_SWEPT_PARAMS=1 runs the full cross product."""
+    if os.environ.get("TOKRED_ALL_SWEPT_PARAMS"):
+        return
+    kept, dropped, seen = [], [], set()
+    for item in items:
+        spec = getattr(item, "callspec", None)
+        family = spec.params.get("family") if spec is not None else None
+        key = (item.module.__name__ if item.module else "", item.originalname, family)
+        first = key not in seen
+        seen.add(key)
+        (kept if family in (None, *HAND_WRITTEN) or first else dropped).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept

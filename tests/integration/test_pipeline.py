@@ -119,8 +119,9 @@ def _sample_images(batch, b):
     for key, value in batch.items():
         if key in ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids"):
             continue
-        if key == "pixel_values" and value.dim() == 2:  # Qwen: patches of all images stacked
-            per = value.shape[0] // batch["input_ids"].shape[0]
+        n = batch["input_ids"].shape[0]
+        if key == "pixel_values" and value.shape[0] != n and value.shape[0] % n == 0:  # Qwen: all patches stacked
+            per = value.shape[0] // n
             out[key] = value[b * per : (b + 1) * per]
         else:
             out[key] = value[b : b + 1]

@@ -40,9 +40,9 @@ def _recorder(rows):
 
 @pytest.mark.parametrize("rows", ["last", "text", "all"])
 def test_captured_rows_equal_eager_probabilities(tiny, family, rows):
-    if rows == "all" and family == "gemma3":
-        pytest.skip("Gemma3 image tokens attend bidirectionally; attention_rows is causal (text rows are checked)")
     model, make = tiny
+    if rows == "all" and tokred.pipeline.select_adapter(model).bidirectional_image_attention():
+        pytest.skip(f"{family}: image tokens attend bidirectionally; attention_rows is causal (text rows are checked)")
     inputs = make(batch=2)
     scorer = _recorder(rows)
     strategy = tokred.compose(scorer=scorer, scheduler=OneShotScheduler(layer=2, keep_ratio=0.5))
@@ -57,7 +57,7 @@ def test_captured_rows_equal_eager_probabilities(tiny, family, rows):
     expected = eager.gather(2, ctx.query_index[:, None, :, None].expand(-1, eager.shape[1], -1, eager.shape[3]))
     real = inputs["attention_mask"].bool().gather(1, ctx.query_index)[:, None, :, None]  # padded rows are moot
     diff = torch.where(real, (probs - expected).abs(), 0.0)
-    assert diff.max().item() <= 1e-6
+    assert diff.max().item() <= 2e-6  # fp32 softmax noise; Gemma 4 (unit scaling) and MuSE reach 1.3e-6
 
 
 def test_fastv_keep_set_equals_eager_selection(tiny):
