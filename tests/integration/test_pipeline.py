@@ -94,23 +94,33 @@ def test_left_padded_batch_equals_single_runs(tiny, strategy, options):
     model, make = tiny
     batch = make(batch=3)
     with patch(model, strategy, **options):
-        out = _generate(model, batch)
-        singles = []
-        for b in range(3):
-            keep = batch["attention_mask"][b].bool()
-            one = {
-                k: (
-                    v[b : b + 1][:, keep]
-                    if k in ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
-                    else v
-                )
-                for k, v in batch.items()
-            }
-            one.update(_sample_images(batch, b))
-            singles.append(_generate(model, one))
-    for b, single in enumerate(singles):
+        err = _batch_vs_singles(model, batch)
+    if err > 1e-5:
+        own = _batch_vs_singles(model, batch)  # the premise: the unpatched model is batch-invariant
+        if own > 1e-5:
+            pytest.skip(f"the unpatched model's padded batch differs from its single runs by {own:.1e}")
+    assert err <= 1e-5
+
+
+def _batch_vs_singles(model, batch):
+    """Largest logit difference between ``generate`` on the left-padded batch and on each sample alone."""
+    out = _generate(model, batch)
+    err = 0.0
+    for b in range(batch["input_ids"].shape[0]):
+        keep = batch["attention_mask"][b].bool()
+        one = {
+            k: (
+                v[b : b + 1][:, keep]
+                if k in ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
+                else v
+            )
+            for k, v in batch.items()
+        }
+        one.update(_sample_images(batch, b))
+        single = _generate(model, one)
         for step, logits in enumerate(out.logits):
-            assert (logits[b] - single.logits[step][0]).abs().max().item() <= 1e-5
+            err = max(err, (logits[b] - single.logits[step][0]).abs().max().item())
+    return err
 
 
 def _sample_images(batch, b):

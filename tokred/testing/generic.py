@@ -289,7 +289,8 @@ def _recipes(model: Any) -> list[tuple[str, Pixels]]:
     if vc is None:
         raise NotBuildable("no vision_config")
     c = _size(vc, "num_channels", 0) or _size(vc, "in_channels", 0) or _size(vc, "in_chans", 3)
-    extra = required - {"pixel_values"}
+    key = next((k for k in sorted(required) if k.startswith("pixel_values")), "pixel_values")  # 5.18: *_images
+    extra = required - {key}
     s = _size(vc, "image_size", 224)
     if "image_grid_thw" in params:
         return _grid_recipes(vc, c, "image_merge_sizes" in params)
@@ -313,7 +314,7 @@ def _recipes(model: Any) -> list[tuple[str, Pixels]]:
         raise NotBuildable(f"get_image_features needs {sorted(extra)}, which no generic recipe builds")
 
     def plain(b: int, g: torch.Generator) -> dict[str, torch.Tensor]:
-        return {"pixel_values": torch.randn(b, c, s, s, generator=g)}
+        return {key: torch.randn(b, c, s, s, generator=g)}
 
     return [("plain", plain)]
 
