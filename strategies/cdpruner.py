@@ -19,8 +19,6 @@ from pydantic import Field
 
 from tokred._components import (
     BaseMerger,
-    BaseScheduler,
-    BaseScorer,
     ComponentConfig,
     MergeContext,
     MergeResult,
@@ -92,9 +90,7 @@ class CDPrunerStrategy(Strategy):
     paper = "CDPruner, arXiv:2506.10967"
     budget_knob = "keep_ratio"
     Config = CDPrunerMerger.Config
-
-    def build(self) -> tuple[BaseMerger | None, BaseScorer | None, BaseScheduler | None]:
-        return CDPrunerMerger(self.config), None, None
+    merger_class = CDPrunerMerger
 
 
 @hookimpl

@@ -19,8 +19,6 @@ from pydantic import Field
 
 from tokred._components import (
     BaseMerger,
-    BaseScheduler,
-    BaseScorer,
     ComponentConfig,
     MergeContext,
     MergeResult,
@@ -72,9 +70,7 @@ class DivPruneStrategy(Strategy):
     paper = "DivPrune, arXiv:2503.02175"
     budget_knob = "keep_ratio"
     Config = DivPruneMerger.Config
-
-    def build(self) -> tuple[BaseMerger | None, BaseScorer | None, BaseScheduler | None]:
-        return DivPruneMerger(self.config), None, None
+    merger_class = DivPruneMerger
 
 
 @hookimpl

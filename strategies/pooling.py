@@ -13,8 +13,6 @@ from pydantic import Field
 
 from tokred._components import (
     BaseMerger,
-    BaseScheduler,
-    BaseScorer,
     ComponentConfig,
     MergeContext,
     MergeResult,
@@ -70,9 +68,7 @@ class PoolingStrategy(Strategy):
     budget_knob = "kernel"
     budget_direction = -1
     Config = PoolingMerger.Config
-
-    def build(self) -> tuple[BaseMerger | None, BaseScorer | None, BaseScheduler | None]:
-        return PoolingMerger(self.config), None, None
+    merger_class = PoolingMerger
 
 
 @hookimpl

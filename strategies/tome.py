@@ -26,8 +26,6 @@ from tokred.schedules.tome import TomeScheduler
 
 from tokred._components import (
     BaseMerger,
-    BaseScheduler,
-    BaseScorer,
     ComponentConfig,
     MergeContext,
     MergeResult,
@@ -86,9 +84,7 @@ class TomeStrategy(Strategy):
     budget_knob = "r"
     budget_direction = -1
     Config = TomeMerger.Config
-
-    def build(self) -> tuple[BaseMerger | None, BaseScorer | None, BaseScheduler | None]:
-        return TomeMerger(self.config), None, None
+    merger_class = TomeMerger
 
 
 @hookimpl

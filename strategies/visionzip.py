@@ -23,8 +23,6 @@ from tokred.strategies.vtc_cls import need_tower
 
 from tokred._components import (
     BaseMerger,
-    BaseScheduler,
-    BaseScorer,
     ComponentConfig,
     MergeContext,
     MergeResult,
@@ -111,9 +109,7 @@ class VisionZipStrategy(Strategy):
     paper = "VisionZip, arXiv:2412.04467"
     budget_knob = "dominant"
     Config = VisionZipMerger.Config
-
-    def build(self) -> tuple[BaseMerger | None, BaseScorer | None, BaseScheduler | None]:
-        return VisionZipMerger(self.config), None, None
+    merger_class = VisionZipMerger
 
 
 @hookimpl

@@ -22,8 +22,6 @@ from tokred.strategies.vtc_cls import need_tower
 
 from tokred._components import (
     BaseMerger,
-    BaseScheduler,
-    BaseScorer,
     ComponentConfig,
     MergeContext,
     MergeResult,
@@ -90,9 +88,7 @@ class VisPrunerStrategy(Strategy):
     paper = "VisPruner, arXiv:2412.01818"
     budget_knob = "keep_ratio"
     Config = VisPrunerMerger.Config
-
-    def build(self) -> tuple[BaseMerger | None, BaseScorer | None, BaseScheduler | None]:
-        return VisPrunerMerger(self.config), None, None
+    merger_class = VisPrunerMerger
 
 
 @hookimpl

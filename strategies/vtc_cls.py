@@ -20,8 +20,6 @@ from pydantic import Field
 
 from tokred._components import (
     BaseMerger,
-    BaseScheduler,
-    BaseScorer,
     ComponentConfig,
     MergeContext,
     MergeResult,
@@ -114,9 +112,7 @@ class VTCCLSStrategy(Strategy):
     paper = "VTC-CLS, arXiv:2412.05819"
     budget_knob = "keep_ratio"
     Config = VTCCLSMerger.Config
-
-    def build(self) -> tuple[BaseMerger | None, BaseScorer | None, BaseScheduler | None]:
-        return VTCCLSMerger(self.config), None, None
+    merger_class = VTCCLSMerger
 
 
 @hookimpl

@@ -458,6 +458,9 @@ class Strategy(BaseComponent):
     #: The KV stage's component (`tokred.BaseKVCompressor`): which cache entries each layer keeps after the prefill;
     #: set by ``build`` of strategies that compress the cache (PrefixKV), else ``None``.
     kv_compressor: Any = None
+    #: A strategy that is one merger configured by the strategy's own options sets this (and ``Config`` to the
+    #: merger's): the default ``build`` then creates ``merger_class(self.config)`` and nothing else.
+    merger_class: ClassVar[type[BaseMerger] | None] = None
 
     def __init__(self, config: ComponentConfig | None = None, **options: Any) -> None:
         super().__init__(config, **options)
@@ -469,8 +472,9 @@ class Strategy(BaseComponent):
             raise ConfigError(f"strategy '{self.name}': a scorer needs a scheduler and vice versa")
 
     def build(self) -> tuple[BaseMerger | None, BaseScorer | None, BaseScheduler | None]:
-        """Create the components from ``self.config``; the default is no reduction at all."""
-        return None, None, None
+        """Create the components from ``self.config``; the default is ``merger_class`` alone, if set, else no
+        reduction at all."""
+        return (None if self.merger_class is None else self.merger_class(self.config)), None, None
 
     def prepare(self, model: Any) -> None:
         """Called by ``tokred.patch`` before anything is installed: strategies whose setup depends on the model (a
