@@ -330,8 +330,11 @@ class ModelAdapter:
 
     def final_norm(self) -> torch.nn.Module | None:
         """The decoder's final norm (applied before the LM head), or ``None`` if the decoder has none."""
-        norm = getattr(self.decoder, "norm", None)
-        return norm if isinstance(norm, torch.nn.Module) else None
+        for name in hf.FINAL_NORM_NAMES:
+            norm = getattr(self.decoder, name, None)
+            if isinstance(norm, torch.nn.Module):
+                return norm
+        return None
 
     def rope(self, x: torch.Tensor, position_ids: torch.Tensor, layer: int) -> Any:
         """The decoder's RoPE ``(cos, sin)`` at ``position_ids`` (B, K) for decoder layer ``layer`` (its layer type

@@ -39,6 +39,10 @@ from tokred._compat import (  # noqa: F401
     version_in_range,
 )
 
+#: Attribute names of a decoder's final norm (the one applied before the LM head), most common first: LFM2 calls it
+#: ``embedding_norm``; GPT-style decoders ``ln_f`` / ``final_layernorm``.
+FINAL_NORM_NAMES: tuple[str, ...] = ("norm", "final_norm", "final_layernorm", "ln_f", "embedding_norm")
+
 # ----------------------------------------------------------------------------------------------------------------
 # Keywords of hooked calls
 # ----------------------------------------------------------------------------------------------------------------
