@@ -265,7 +265,8 @@ def test_costs_throughput_memory_and_batch_table():
     assert all(e["samples_per_s"] == pytest.approx(e["batch_size"] / e["latency_s"]) for e in table)
 
 
-def test_cli_plain_progress_lines_and_batch_table(tmp_path):
+def test_cli_plain_progress_lines_and_batch_table(tmp_path, monkeypatch):
+    monkeypatch.delenv("TOKRED_DISABLE_PROGRESS_BARS", raising=False)  # the transformers matrix sets it
     args = ["compare", "--model", "tiny", "-s", "fastv", "--limit", "4", "--batch-size", "2", "--timing-repeats", "1"]
     out = CliRunner().invoke(app, [*args, "--progress-every", "2", "--batch-sizes", "1,2"], env={"COLUMNS": "250"})
     assert out.exit_code == 0, out.output
