@@ -16,12 +16,15 @@ from tokred._api import create_component, create_strategy, get_strategy_class, l
 from tokred._compat import check_version as _check_transformers_version
 from tokred._components import (
     BaseMerger,
+    BaseRouter,
     BaseScheduler,
     BaseScorer,
     ComposedStrategy,
     MergeContext,
     Merger,
     MergeResult,
+    RouteContext,
+    RouteDecision,
     Scheduler,
     ScoreContext,
     Scorer,
@@ -50,6 +53,7 @@ _check_transformers_version()  # one warning line when transformers is outside t
 
 __all__ = [
     "BaseMerger",
+    "BaseRouter",
     "BaseScheduler",
     "BaseScorer",
     "ComponentConfig",
@@ -61,6 +65,8 @@ __all__ = [
     "PatchHandle",
     "ReductionStats",
     "RegistrationError",
+    "RouteContext",
+    "RouteDecision",
     "ScoreContext",
     "Scheduler",
     "Scorer",

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
     import torch
 
-Kind = Literal["merger", "scorer", "scheduler", "strategy"]
+Kind = Literal["merger", "scorer", "scheduler", "router", "strategy"]
 MergeStage = Literal["vision", "pre_llm"]
 QueryRows = Literal["none", "last", "text", "all"]
 TowerInput = Literal["cls_attention", "keys", "features"]
@@ -436,6 +436,81 @@ def check_budgets(budgets: list[int], num_layers: int, num_tokens: int, *, owner
         raise RuntimeError(f"scheduler '{owner}' returned an increasing schedule: {budgets}")
 
 
+# --------------------------------------------------------------------------------------------------- routers
+
+
+@dataclass
+class RouteContext:
+    """What a router sees before a Mixture-of-Depths layer runs (in-LLM stage, prefill).
+
+    Attributes:
+        hidden_states: The layer's full-length input, shape (B, N, C).
+        routable: Tokens the router may let skip the layer, shape (B, N) bool: visual tokens and the instruction
+            text before the last visual token; the question after it, generated tokens and padding never are.
+        attention_mask: Which tokens are real (not padding), shape (B, N) bool.
+        visual_mask: Which tokens are visual, shape (B, N) bool.
+        layer: Index of the decoder layer about to run.
+        num_layers: Decoder depth.
+    """
+
+    hidden_states: torch.Tensor
+    routable: torch.Tensor
+    attention_mask: torch.Tensor
+    visual_mask: torch.Tensor
+    layer: int
+    num_layers: int
+
+
+@dataclass
+class RouteDecision:
+    """A router's verdict for one layer.
+
+    Attributes:
+        scores: Priority of every token to be processed, shape (B, N) float; the pipeline processes the
+            ``capacity`` routable tokens with the highest scores of each row (ties: the earlier token) and every
+            non-routable one.
+        weight: Factor on the MLP output of each processed routable token, shape (B, N) (gamma-MoD's router weight,
+            differentiable when the router trains), or ``None`` for 1; non-routable tokens always get 1.
+    """
+
+    scores: torch.Tensor
+    weight: torch.Tensor | None = None
+
+
+class BaseRouter(BaseComponent):
+    """Base class for routers (Mixture-of-Depths): subclass it, set ``name`` and ``Config``, implement ``route``.
+
+    At every layer ``layers`` names (never layer 0, which anchors the cache's positions and mask sizes), the routed
+    tokens run the layer and the others skip it: their hidden state passes through unchanged and they are absent
+    from that layer's keys, values and KV cache; they come back at the next layer. ``capacity`` says how many of a
+    row's routable tokens a layer processes. See the [token-routing note](../concepts/token-routing.md).
+    """
+
+    kind: ClassVar[Kind] = "router"
+    #: ``True``: ``route`` returns a ``weight`` that scales the MLP output of processed tokens (the pipeline then
+    #: hooks each MoD layer's MLP branch through the transformers seam); ``False``: no weight.
+    weighted: ClassVar[bool] = False
+
+    def layers(self, num_layers: int) -> list[int]:
+        """The decoder layers that route (MoD layers), ascending, each in ``[1, num_layers)``."""
+        raise NotImplementedError
+
+    def capacity(self, layer: int, routable: int) -> int:
+        """How many of ``routable`` routable tokens of one row layer ``layer`` processes, in ``[0, routable]``."""
+        raise NotImplementedError
+
+    def route(self, ctx: RouteContext) -> RouteDecision:
+        """Score the tokens of one MoD layer's input.
+
+        Args:
+            ctx: The layer's input and masks; see [`RouteContext`][tokred.RouteContext].
+
+        Returns:
+            The priorities (B, N) and the optional MLP weights (B, N).
+        """
+        raise NotImplementedError
+
+
 # ------------------------------------------------------------------------------------------------ strategies
 
 
@@ -458,6 +533,9 @@ class Strategy(BaseComponent):
     #: The KV stage's component (`tokred.BaseKVCompressor`): which cache entries each layer keeps after the prefill;
     #: set by ``build`` of strategies that compress the cache (PrefixKV), else ``None``.
     kv_compressor: Any = None
+    #: The router (`tokred.BaseRouter`) of a Mixture-of-Depths strategy (gamma-MoD): which tokens each routed
+    #: decoder layer processes; set by ``build``, else ``None``.
+    router: BaseRouter | None = None
     #: A strategy that is one merger configured by the strategy's own options sets this (and ``Config`` to the
     #: merger's): the default ``build`` then creates ``merger_class(self.config)`` and nothing else.
     merger_class: ClassVar[type[BaseMerger] | None] = None

@@ -6,7 +6,7 @@ Publish it through an entry point in your ``pyproject.toml``::
     [project.entry-points.tokred]
     my_scorer = "tokred_my_scorer"
 
-The built-in mergers, scorers, schedulers, strategies and adapters are registered through exactly these hooks.
+The built-in mergers, scorers, schedulers, routers, strategies and adapters are registered through exactly these hooks.
 Registration hooks receive a ``register`` callback rather than returning objects, so that collisions are detected
 (and reported with both origins) by tokred itself.
 
@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from tokred._components import BaseMerger, BaseScheduler, BaseScorer, Strategy
+    from tokred._components import BaseMerger, BaseRouter, BaseScheduler, BaseScorer, Strategy
 
 PROJECT = "tokred"
 
@@ -71,6 +71,18 @@ def tokred_register_schedulers(register: Callable[[type[BaseScheduler]], None]) 
 
     Args:
         register: Adds one scheduler class; raises ``RegistrationError`` on a duplicate name or a wrong base class.
+    """
+
+
+@hookspec
+def tokred_register_routers(register: Callable[[type[BaseRouter]], None]) -> None:
+    """Register router classes (Mixture-of-Depths token routing, e.g. gamma-MoD's shared router).
+
+    Called once when the registries are first built. Call ``register(cls)`` for every
+    [`BaseRouter`][tokred.BaseRouter] subclass the plugin provides.
+
+    Args:
+        register: Adds one router class; raises ``RegistrationError`` on a duplicate name or a wrong base class.
     """
 
 

@@ -23,14 +23,14 @@ def test_list_json_names_every_builtin_with_options():
     result = invoke("list", "--format", "json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert set(data) == {"strategies", "mergers", "scorers", "schedulers", "adapters"}
+    assert set(data) == {"strategies", "mergers", "scorers", "schedulers", "routers", "adapters"}
     strategies = {row["name"]: row for row in data["strategies"]}
     assert set(tokred.list_strategies()) == set(strategies)
     fastv = {o["name"]: o for o in strategies["fastv"]["options"]}
     assert fastv["keep_ratio"]["default"] == 0.5 and fastv["keep_ratio"]["bounds"] == "0.0 <= x <= 1.0"
     assert strategies["fastv"]["budget_knob"] == "keep_ratio"
     assert strategies["aim"]["components"]["scorer"]["name"] == "aim"
-    for kind in ("mergers", "scorers", "schedulers"):
+    for kind in ("mergers", "scorers", "schedulers", "routers"):
         for row in data[kind]:
             assert all(o["description"] for o in row["options"]), (kind, row["name"])
 

@@ -448,6 +448,22 @@ def layer_attention(layer: torch.nn.Module) -> torch.nn.Module:
     return attn
 
 
+#: Names, in order of preference, of the module whose output a decoder layer adds to the residual after its MLP:
+#: the post-feedforward norm where the family has one (Gemma 2/3/4: the MLP output is normed before the add), else
+#: the MLP itself (Llama, Qwen2, Mistral, ...).
+MLP_OUTPUT_NAMES = ("post_feedforward_layernorm", "mlp")
+
+
+def layer_mlp_output(layer: torch.nn.Module) -> torch.nn.Module | None:
+    """The module of a decoder layer whose output is the MLP branch added to the residual (a router weight scales
+    it), or ``None`` when the layer has none of ``MLP_OUTPUT_NAMES``."""
+    for name in MLP_OUTPUT_NAMES:
+        module = getattr(layer, name, None)
+        if isinstance(module, torch.nn.Module):
+            return module
+    return None
+
+
 #: Name of the norm a decoder layer applies to its input before self-attention (every 5.x pre-norm decoder).
 INPUT_NORM = "input_layernorm"
 

@@ -14,7 +14,7 @@ from tokred._plugins import get_registries
 from tokred.cli._output import Format, print_json, stdout
 from tokred.errors import UnknownNameError
 
-KINDS = ("strategies", "mergers", "scorers", "schedulers", "adapters")
+KINDS = ("strategies", "mergers", "scorers", "schedulers", "routers", "adapters")
 
 
 def describe(cls: type[Any], kind: str) -> dict[str, Any]:
@@ -49,7 +49,7 @@ def _strategy_components(cls: type[Strategy]) -> dict[str, Any]:
 
 def list_command(
     kind: Annotated[
-        str, typer.Argument(help="What to list: all, strategies, mergers, scorers, schedulers or adapters.")
+        str, typer.Argument(help="What to list: all, strategies, mergers, scorers, schedulers, routers or adapters.")
     ] = "all",
     options: Annotated[bool, typer.Option("--options", help="Show every option with default and bounds.")] = False,
     fmt: Annotated[Format, typer.Option("--format", help="table (stdout, for people) or json.")] = Format.table,

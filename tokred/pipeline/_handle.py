@@ -205,7 +205,8 @@ class PatchHandle:
     # --------------------------------------------------------------------------------------- runtime
 
     def _reduces(self) -> bool:
-        return self._reduces_before or self.strategy.scheduler is not None or self._kv is not None
+        routes = self.strategy.router is not None
+        return self._reduces_before or self.strategy.scheduler is not None or self._kv is not None or routes
 
     def _guard_generate(self, kwargs: dict[str, Any]) -> None:
         if not self._reduces():
@@ -351,6 +352,39 @@ def _check_position_policy(strategy: Strategy) -> None:
         raise ConfigError("positions='reindex' renumbers the tokens left after a drop; it needs mode='drop'")
 
 
+def _check_routing(strategy: Strategy, adapter: Any, model: Any) -> None:
+    """Refuse what token routing cannot do correctly (before anything is installed)."""
+    from tokred.pipeline._state import check_route_layers
+
+    router = strategy.router
+    if router is None:
+        return
+    name = strategy.name
+    if strategy.scheduler is not None or strategy.kv_compressor is not None:
+        raise ConfigError(
+            f"strategy '{name}' combines a router with in-LLM dropping or KV compression, which tokred does not "
+            "support: routed layers hold their own token sets. Use routing alone, or with a pre-LLM merger"
+        )
+    if strategy.position_policy != "original" or strategy.prune_mode != "drop":
+        raise ConfigError(
+            f"strategy '{name}': routed tokens keep their original positions and are really skipped; "
+            "positions='reindex' and mode='mask' are not supported with routing"
+        )
+    layers = check_route_layers(router, adapter.num_layers)
+    if adapter.injects_features():
+        raise UnsupportedModelError(
+            f"{type(model).__name__} adds DeepStack visual features inside the LLM, which routed layers would "
+            f"misalign; strategy '{name}' cannot route it. Use a pre-LLM strategy for this model"
+        )
+    decoder_layers = adapter.decoder_layers()
+    missing = [i for i in layers if hf.layer_mlp_output(decoder_layers[i]) is None]
+    if getattr(router, "weighted", False) and missing:
+        raise UnsupportedModelError(
+            f"router '{router.name}' scales the MLP output, but decoder layers {missing} of {type(model).__name__} "
+            "have no MLP module tokred recognises"
+        )
+
+
 def patch(
     model: Any, strategy: str | Strategy = "none", *, attn_implementation: str | None = None, **options: Any
 ) -> PatchHandle:
@@ -399,15 +433,10 @@ def patch(
             "positions, which tokred does not renumber; use positions='original'"
         )
     check_schedule_depth(strat, adapter.num_layers)
+    _check_routing(strat, adapter, model)
     merger = strat.merger
-    reasons = (
-        adapter.refusals(
-            pre_llm=merger is not None,
-            in_llm=strat.scheduler is not None,
-        )
-        if (merger is not None or strat.scheduler is not None)
-        else []
-    )
+    in_llm = strat.scheduler is not None or strat.router is not None
+    reasons = adapter.refusals(pre_llm=merger is not None, in_llm=in_llm) if (merger is not None or in_llm) else []
     if reasons:
         raise UnsupportedModelError(
             f"tokred cannot apply strategy '{strat.name}' to {type(model).__name__} (adapter '{adapter.name}'): "

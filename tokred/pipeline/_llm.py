@@ -21,9 +21,11 @@ from typing import Any
 import torch
 from torch.utils.hooks import RemovableHandle
 
+from tokred._components import RouteContext
 from tokred.adapters import hf
-from tokred.errors import UnsupportedModeError, UnsupportedModelError
+from tokred.errors import PluginOutputError, UnsupportedModeError, UnsupportedModelError
 from tokred.ops import gather_tokens, topk_keep
+from tokred.ops.routing import route_keep
 from tokred.pipeline._attention import ProbeDone
 from tokred.pipeline._checks import check_scores
 from tokred.pipeline._state import RunState
@@ -85,6 +87,22 @@ class InLLMStage:
             handles.append(layer.register_forward_pre_hook(functools.partial(self._layer_pre, i), with_kwargs=True))
             if self.adapter.injects_features():
                 handles.append(layer.register_forward_hook(functools.partial(self._layer_post, i)))
+        if self.state.strategy.router is not None:
+            handles += self._install_routing()
+        return handles
+
+    def _install_routing(self) -> list[RemovableHandle]:
+        """Hooks of a routing strategy on its MoD layers: scatter the outputs back; scale the MLP branch."""
+        from tokred.pipeline._state import check_route_layers
+
+        router = self.state.strategy.router
+        layers = self.adapter.decoder_layers()
+        handles = []
+        for i in check_route_layers(router, len(layers)):
+            handles.append(layers[i].register_forward_hook(functools.partial(self._route_post, i)))
+            mlp = hf.layer_mlp_output(layers[i])
+            if getattr(router, "weighted", False) and mlp is not None:
+                handles.append(mlp.register_forward_hook(functools.partial(self._mlp_post, i)))
         return handles
 
     # --------------------------------------------------------------------------------------- decoder
@@ -176,6 +194,9 @@ class InLLMStage:
     def _layer_pre(self, i: int, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         st = self.state
         call = hf.CallArgs(args, kwargs)
+        if st.phase == "prefill" and i in st.route_layers:
+            self._route(i, call)
+            return call.result()
         if st.phase == "prefill":
             if i in st.prune_layers:
                 if i in st.probe_layers:
@@ -197,6 +218,61 @@ class InLLMStage:
                 self._mask_keys(call, allowed, prefill=False)
             return call.result()
         return None
+
+    # --------------------------------------------------------------------------------------- routing
+
+    def _route(self, i: int, call: hf.CallArgs) -> None:
+        """Before MoD layer ``i`` (prefill): the router picks the rows the layer processes; the layer gets only those
+        rows and their side inputs (original coordinates); ``_route_post`` puts the full sequence back together."""
+        st = self.state
+        router = st.strategy.router
+        assert router is not None and st.routable is not None
+        h = call.hidden_states  # (B, N, C)
+        ctx = RouteContext(h, st.routable, st.cur_pad, st.cur_visual, i, st.num_layers)
+        decision = router.route(ctx)
+        self._check_decision(decision.scores, decision.weight, h, router.name)
+        counts = [int(router.capacity(i, int(r))) for r in st.routable.sum(dim=1).tolist()]
+        for c, r in zip(counts, st.routable.sum(dim=1).tolist()):
+            if not 0 <= c <= r:
+                raise PluginOutputError(f"router '{router.name}' gave capacity {c} for {r} routable tokens")
+        keep = route_keep(decision.scores, st.routable, st.cur_pad, torch.tensor(counts, device=h.device))  # (B, K)
+        st.route_weight = None
+        if decision.weight is not None:  # non-routable tokens (question, padding) keep the layer's own output
+            w = torch.where(st.routable, decision.weight, torch.ones_like(decision.weight))  # (B, N)
+            st.route_weight = w.gather(1, keep)  # (B, K)
+        st.route_now, st.route_full = i, h
+        st.record_route(i, keep)
+        call.hidden_states = gather_tokens(h, keep)  # (B, K, C)
+        self._gather_prefill(call, keep, i, h)
+
+    @staticmethod
+    def _check_decision(scores: Any, weight: Any, h: torch.Tensor, name: str) -> None:
+        shape = tuple(h.shape[:2])
+        for what, t in (("scores", scores), ("weight", weight)):
+            if t is not None and (not torch.is_tensor(t) or tuple(t.shape) != shape):
+                got = tuple(t.shape) if torch.is_tensor(t) else type(t).__name__
+                raise PluginOutputError(f"router '{name}' returned {what} of shape {got}; expected (B, N) = {shape}")
+        if not bool(torch.isfinite(scores.detach()).all()):
+            raise PluginOutputError(f"router '{name}' returned non-finite scores")
+
+    def _route_post(self, i: int, module: Any, args: tuple[Any, ...], output: Any) -> Any:
+        """After MoD layer ``i`` (prefill): scatter its rows into the full-length input; skipped rows pass unchanged."""
+        st = self.state
+        if st.phase != "prefill" or st.route_now != i or st.route_full is None:
+            return None
+        full, keep = st.route_full, st.routed[i]  # (B, N, C), (B, K)
+        h = output if torch.is_tensor(output) else output[0]  # (B, K, C)
+        out = full.scatter(1, keep[:, :, None].expand(-1, -1, full.shape[-1]), h.to(full.dtype))  # (B, N, C)
+        st.route_now = st.route_full = st.route_weight = None
+        return out if torch.is_tensor(output) else (out, *output[1:])
+
+    def _mlp_post(self, i: int, module: Any, args: tuple[Any, ...], output: Any) -> Any:
+        """The MLP branch of MoD layer ``i`` times the router weight of each processed token (prefill)."""
+        st = self.state
+        w = st.route_weight  # (B, K)
+        if st.phase != "prefill" or st.route_now != i or w is None or not torch.is_tensor(output):
+            return None
+        return output * w[:, :, None].to(output.dtype)
 
     def _prune(self, i: int, h: torch.Tensor) -> torch.Tensor:
         """Select the tokens layer ``i`` keeps, from scores of layer ``i - 1``; returns the hidden states it gets.

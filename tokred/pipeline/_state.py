@@ -25,6 +25,8 @@ class ReductionStats:
         visual_provenance: When a pre-LLM stage ran: for every image, ``(sample, positions)`` where ``positions``
             (LongTensor (n,)) gives, for each of the image's original visual tokens, the position in the sequence the
             decoder received of the token it was merged into (-1 if it was dropped before the LLM).
+        routed_indices: For every Mixture-of-Depths layer of a routing strategy (gamma-MoD): the original token
+            indices that layer processed, LongTensor (B, K), ascending; the other tokens skipped it.
     """
 
     tokens_per_layer: list[int] = field(default_factory=list)
@@ -33,6 +35,19 @@ class ReductionStats:
     visual_tokens_out: int = 0
     visual_tokens_per_layer: list[int] = field(default_factory=list)
     visual_provenance: list[tuple[int, torch.Tensor]] = field(default_factory=list)
+    routed_indices: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+def check_route_layers(router: Any, num_layers: int) -> list[int]:
+    """The router's MoD layers for this depth, or one clear error when one is out of ``[1, num_layers)``."""
+    layers = [int(i) for i in router.layers(num_layers)]
+    bad = [i for i in layers if not 1 <= i < num_layers]
+    if bad or len(set(layers)) != len(layers):
+        raise ConfigError(
+            f"router '{router.name}' routes decoder layers {layers} of a {num_layers}-layer decoder; MoD layers must "
+            f"be distinct and in [1, {num_layers}) (layer 0 is never routed: its cache anchors positions and masks)"
+        )
+    return sorted(layers)
 
 
 @dataclass
@@ -95,6 +110,12 @@ class RunState:
         self.tokens_per_layer: list[int] = []
         self.visual_per_layer: list[int] = []
         self.kept_indices: dict[int, torch.Tensor] = {}
+        self.route_layers: set[int] = set()  # Mixture-of-Depths layers of a routing strategy
+        self.routable: torch.Tensor | None = None  # (B, N) bool tokens a router may let skip a layer
+        self.routed: dict[int, torch.Tensor] = {}  # MoD layer -> (B, K) original indices it processed
+        self.route_now: int | None = None  # the MoD layer in flight
+        self.route_full: torch.Tensor | None = None  # (B, N, C) its full-length input
+        self.route_weight: torch.Tensor | None = None  # (B, K) factor on its MLP output, None: 1
 
     def begin_prefill(self, batch: int, n: int, device: torch.device) -> None:
         """Start a prefill of ``n`` tokens: take the pending visual mask and compute the layer budgets."""
@@ -119,6 +140,7 @@ class RunState:
 
     def _plan(self) -> None:
         """Budgets per layer, pruning layers and scoring layers for the current prompt."""
+        self._plan_routes()
         scheduler = self.strategy.scheduler
         if scheduler is None:
             return
@@ -151,10 +173,27 @@ class RunState:
             else:
                 self.capture_layers = {i - 1 for i in scored}
 
+    def _plan_routes(self) -> None:
+        """MoD layers and routable tokens of the current prompt (routing strategies)."""
+        router = self.strategy.router
+        if router is None or not bool(self.cur_visual.any()):
+            return
+        from tokred.ops.routing import routable_mask
+
+        self.route_layers = set(check_route_layers(router, self.num_layers))
+        self.routable = routable_mask(self.cur_visual, self.cur_pad)  # (B, N)
+
     @property
     def pruning(self) -> bool:
-        """Whether the current prompt is pruned inside the LLM."""
-        return bool(self.prune_layers)
+        """Whether the current prompt is pruned (or routed) inside the LLM."""
+        return bool(self.prune_layers) or bool(self.route_layers)
+
+    def record_route(self, layer: int, keep: torch.Tensor) -> None:
+        """Remember what a MoD layer processed (prefill): the decode steps gather its mask columns with ``keep``."""
+        self.routed[layer] = keep
+        self.layer_keep[layer] = keep
+        self.tokens_per_layer.append(int(keep.shape[1]))
+        self.visual_per_layer.append(int(self.cur_visual.gather(1, keep).sum()))
 
     def capture(self, layer: int, query: torch.Tensor, key: torch.Tensor, scaling: float) -> None:
         """Keep the query rows the scorer asked for, and the keys, of a scoring layer (prefill only)."""
@@ -216,6 +255,7 @@ class RunState:
             visual_tokens_out=self.visual_per_layer[-1] if self.visual_per_layer else 0,
             visual_tokens_per_layer=list(self.visual_per_layer),
             visual_provenance=list(self.provenance),
+            routed_indices=dict(self.routed),
         )
         self.phase = "decode"
 
