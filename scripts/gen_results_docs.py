@@ -34,6 +34,7 @@ STRATEGIES = (
     "dart",
     "pyramiddrop",
     "evs",
+    "vidcom2",
     "vtc-cls",
     "visionzip",
     "vispruner",

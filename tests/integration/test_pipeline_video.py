@@ -27,6 +27,7 @@ STRATEGIES = {
     "fastv": dict(layer=2, keep_ratio=0.5),
     "aim": dict(variant="video"),
     "evs": dict(rate=0.5),
+    "vidcom2": dict(retention_ratio=0.5),
 }
 
 
@@ -126,7 +127,7 @@ def test_cache_equals_no_cache_recomputation(family, strategy):
 
 
 @pytest.mark.parametrize("family", VIDEO_FAMILIES)
-@pytest.mark.parametrize("strategy", ["pooling", "random", "fastv", "evs"])
+@pytest.mark.parametrize("strategy", ["pooling", "random", "fastv", "evs", "vidcom2"])
 def test_padded_batch_equals_single_runs(family, strategy):
     model, make = _model(family)
     inputs = make(batch=2, frames=FRAMES, seed=1)
