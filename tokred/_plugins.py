@@ -20,7 +20,7 @@ from typing import Any
 import pluggy
 
 from tokred import hookspecs
-from tokred._components import BaseMerger, BaseScheduler, BaseScorer, Strategy
+from tokred._components import BaseMerger, BaseRouter, BaseScheduler, BaseScorer, Strategy
 from tokred._registry import Registry, origin_of
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
@@ -57,6 +57,7 @@ class Registries:
     mergers: Registry[type[BaseMerger]]
     scorers: Registry[type[BaseScorer]]
     schedulers: Registry[type[BaseScheduler]]
+    routers: Registry[type[BaseRouter]]
     strategies: Registry[type[Strategy]]
     adapters: Registry[type[Any]]
 
@@ -65,9 +66,10 @@ class Registries:
         from tokred.errors import UnknownNameError
 
         key = kind if kind.endswith("s") else kind + "s"
-        if key not in ("mergers", "scorers", "schedulers", "strategies", "adapters"):
+        if key not in ("mergers", "scorers", "schedulers", "routers", "strategies", "adapters"):
             raise UnknownNameError(
-                f"Unknown component kind '{kind}'. Available: mergers, scorers, schedulers, strategies, adapters"
+                f"Unknown component kind '{kind}'. Available: mergers, scorers, schedulers, routers, strategies, "
+                "adapters"
             )
         registry: Registry[Any] = getattr(self, key)
         return registry
@@ -128,6 +130,7 @@ def build_registries(pm: pluggy.PluginManager) -> Registries:
         mergers=Registry("merger", BaseMerger),
         scorers=Registry("scorer", BaseScorer),
         schedulers=Registry("scheduler", BaseScheduler),
+        routers=Registry("router", BaseRouter),
         strategies=Registry("strategy", Strategy),
         adapters=Registry("adapter", object),
     )
@@ -135,6 +138,7 @@ def build_registries(pm: pluggy.PluginManager) -> Registries:
         ("tokred_register_mergers", regs.mergers),
         ("tokred_register_scorers", regs.scorers),
         ("tokred_register_schedulers", regs.schedulers),
+        ("tokred_register_routers", regs.routers),
         ("tokred_register_strategies", regs.strategies),
         ("tokred_register_adapters", regs.adapters),
     )
