@@ -287,3 +287,29 @@ def test_runner_grid_comes_from_the_processed_image_size():
     resize = SimpleNamespace(do_center_crop=False, do_resize=True, size=SimpleNamespace(height=16, width=16))
     assert HFRunner(model, SimpleNamespace(image_processor=resize)).image_grid == (4, 4)
     assert HFRunner(model, SimpleNamespace()).image_grid == (8, 8)  # no processor settings: the tower's own size
+
+
+def test_runner_frame_grid_and_frame_size_kwargs():
+    """Video frames may enter at their own resolution (the reference model: 112 px, 8 x 8 tokens a frame): the
+    runner's frame grid follows ``frame_size``, the processor gets the size only for a batch of clips, and a batch
+    mixing images and clips is refused (one processor call cannot size them differently)."""
+    from types import SimpleNamespace
+
+    import pytest
+
+    from tokred.eval.datasets import Sample
+    from tokred.eval.runner import HFRunner
+    from tokred.testing.models import tiny_model
+
+    model, _ = tiny_model("llava")  # tower: 32 px, patch 4
+    proc = SimpleNamespace(image_processor=SimpleNamespace(do_center_crop=False, do_resize=False))
+    assert HFRunner(model, proc).frame_grid == HFRunner(model, proc).image_grid == (8, 8)
+    runner = HFRunner(model, proc, frame_size=16)
+    assert runner.frame_grid == (4, 4) and runner.image_grid == (8, 8)
+    image = Sample(None, "q", ["a"], "t", "i")  # type: ignore[arg-type]
+    clip = Sample(None, "q", ["a"], "t", "c", [None, None])  # type: ignore[list-item]
+    assert runner._sizes([image]) == {}
+    assert runner._sizes([clip, clip]) == {"size": {"shortest_edge": 16}, "crop_size": {"height": 16, "width": 16}}
+    assert HFRunner(model, proc)._sizes([clip]) == {}
+    with pytest.raises(ValueError, match="mixes images and video"):
+        runner._sizes([image, clip])

@@ -56,10 +56,14 @@ __all__ = [
     "load_reference_model",
     "make_processor",
     "trained_weights_path",
+    "VIDEO_FRAME_SIZE",
 ]
 
 REFERENCE_VERSION = "1"
 IMAGE_TOKEN = "<image>"
+#: Pixel side of a video frame: a clip's frames enter through the same tower and projector as images, at 112 px
+#: (8 x 8 = 64 tokens a frame instead of an image's 256), so 8 frames cost the LLM 512 visual tokens.
+VIDEO_FRAME_SIZE = 112
 VISION_FEATURE_LAYERS: list[int] = [-6, -2]
 SYSTEM_PROMPT = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 

@@ -44,6 +44,11 @@ class Runner(Protocol):
         """Token grid of one image (rows, cols), when the tokens of an image form one."""
         ...
 
+    @property
+    def frame_grid(self) -> tuple[int, int] | None:
+        """Token grid of one video frame (frames may enter at another resolution than images)."""
+        ...
+
 
 def question_text(sample: Sample) -> str:
     """The user turn of the prompt: the question plus the one-word instruction."""
@@ -83,14 +88,25 @@ class _ModelFacts:
     def image_grid(self) -> tuple[int, int] | None:
         return _square_grid(self.model)
 
+    @property
+    def frame_grid(self) -> tuple[int, int] | None:
+        return self.image_grid
+
 
 @dataclass
 class HFRunner(_ModelFacts):
-    """Runner for a transformers model and its processor (chat template with an image slot)."""
+    """Runner for a transformers model and its processor (chat template with an image slot).
+
+    Attributes:
+        frame_size: Pixel side (square) at which the frames of a video sample are processed, or ``None`` for the
+            processor's own image size. The reference model watches video at 112 px (an 8 x 8 grid per frame), the
+            way video LLMs spend fewer tokens per frame than per image.
+    """
 
     model: Any
     processor: Any
     name: str = "model"
+    frame_size: int | None = None
 
     @property
     def image_grid(self) -> tuple[int, int] | None:
@@ -106,12 +122,30 @@ class HFRunner(_ModelFacts):
             return size[0] // patch, size[1] // patch
         return _square_grid(self.model)
 
+    @property
+    def frame_grid(self) -> tuple[int, int] | None:
+        """Token grid of one video frame: ``frame_size`` over the tower's patch size, else the image grid."""
+        patch = getattr(getattr(self.model.config, "vision_config", None), "patch_size", None)
+        if self.frame_size is None or not isinstance(patch, int) or patch <= 0:
+            return self.image_grid
+        return self.frame_size // patch, self.frame_size // patch
+
     def encode(self, samples: Sequence[Sample]) -> dict[str, torch.Tensor]:
         prompts = [self._prompt(s) for s in samples]
         self.processor.tokenizer.padding_side = "left"
         images = [f for s in samples for f in (s.frames or [s.image])]  # a video's frames enter as a sequence of images
-        batch = self.processor(text=prompts, images=images, return_tensors="pt", padding=True)
+        batch = self.processor(text=prompts, images=images, return_tensors="pt", padding=True, **self._sizes(samples))
         return {k: v.to(self.model.device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+
+    def _sizes(self, samples: Sequence[Sample]) -> dict[str, Any]:
+        """Processor size overrides for a batch of video samples (none for images or without ``frame_size``)."""
+        video = [s.frames is not None for s in samples]
+        if self.frame_size is None or not any(video):
+            return {}
+        if not all(video):
+            raise ValueError("a batch mixes images and video clips, which enter at different resolutions")
+        side = self.frame_size
+        return {"size": {"shortest_edge": side}, "crop_size": {"height": side, "width": side}}
 
     def _prompt(self, sample: Sample) -> str:
         slots: list[dict[str, str]] = [{"type": "image"} for _ in sample.frames or [sample.image]]

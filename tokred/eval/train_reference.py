@@ -182,6 +182,121 @@ def _load_features(
     return torch.cat(parts)
 
 
+def frame_sizes(side: int) -> dict[str, Any]:
+    """Processor keyword arguments that size video frames to ``side`` pixels (square)."""
+    return {"size": {"shortest_edge": side}, "crop_size": {"height": side, "width": side}}
+
+
+@torch.no_grad()
+def extract_clip_features(
+    model: Any, processor: Any, indices: Sequence[int], seed: int, frames: int, side: int, chunk_path: Path
+) -> torch.Tensor:
+    """Compute (or read cached) frozen vision features of ``shapes-video`` clips, frames at ``side`` px.
+
+    Returns:
+        ``(len(indices), frames * (side // 14) ** 2, 768)`` fp16 features, frame-major.
+    """
+    from tokred.eval import shapes_video
+
+    if chunk_path.is_file():
+        cached: torch.Tensor = torch.load(chunk_path)
+        return cached
+    feats = []
+    for s in range(0, len(indices), 4):  # 4 clips per tower forward
+        clips = [shapes_video.item(i, seed, frames)[0] for i in indices[s : s + 4]]
+        images = [f for c in clips for f in shapes_video.render_clip(c)]
+        pv = processor.image_processor(images, return_tensors="pt", **frame_sizes(side))["pixel_values"]
+        per_frame = _features_from_pixels(model, pv).to(torch.float16)  # (clips * frames, tokens, C)
+        feats.extend(per_frame.view(len(clips), -1, per_frame.shape[-1]))
+    out = torch.stack(feats)
+    chunk_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = chunk_path.with_suffix(".tmp")
+    torch.save(out, tmp)
+    tmp.replace(chunk_path)
+    return out
+
+
+def _load_clip_features(
+    model: Any, processor: Any, start: int, n: int, args: argparse.Namespace, root: Path, chunk: int = 100
+) -> torch.Tensor:
+    parts = []
+    for c in range(0, n, chunk):
+        idx = list(range(start + c, start + min(n, c + chunk)))
+        path = root / f"clip_{args.video_frames}f_{args.frame_size}px_{start + c:07d}_{len(idx)}.pt"
+        fresh = not path.is_file()
+        t0 = time.perf_counter()
+        parts.append(
+            extract_clip_features(model, processor, idx, args.bench_seed, args.video_frames, args.frame_size, path)
+        )
+        if fresh:
+            _log(f"clip features {c + len(idx)}/{n} from index {start} ({time.perf_counter() - t0:.0f} s)")
+    return torch.cat(parts)
+
+
+def _video_segments(index: int, seed: int, frames: int, per_type: int) -> list[tuple[str, str, str]]:
+    """Up to ``per_type`` distinct questions of every type the clip of item ``index`` can carry (its own first)."""
+    from tokred.eval import shapes_video
+
+    clip, own = shapes_video.item(index, seed, frames)
+    out = [(own.question, own.answer, own.qtype)]
+    rng = np.random.default_rng([seed, index, 7])
+    for qtype in shapes_video.QTYPES:
+        seen = {q for q, _, t in out if t == qtype}
+        for _ in range(3 * per_type):
+            if len(seen) >= per_type:
+                break
+            q = shapes_video.make_question(clip, qtype, rng)
+            if q is not None and q.question not in seen:
+                seen.add(q.question)
+                out.append((q.question, q.answer, q.qtype))
+    return out
+
+
+@dataclass
+class _VideoData:
+    """Cached clip features, the clip packer and the validation items of the video part of QA training."""
+
+    packer: Packer
+    train_feats: torch.Tensor
+    val_feats: torch.Tensor
+    val_items: list[tuple[str, str, str]]
+    seed: int
+
+    def batch(self, step: int, args: argparse.Namespace) -> tuple[PackedBatch, torch.Tensor]:
+        """The packed clips of QA step ``step`` (clip ``(step * B + k) % clips``) and their features."""
+        rows = [(step * args.video_batch + k) % args.video_clips for k in range(args.video_batch)]
+        items = [_video_segments(i, self.seed, args.video_frames, args.video_per_type) for i in rows]
+        return self.packer.pack(items), self.train_feats[rows]
+
+
+def _video_data(model: Any, processor: Any, args: argparse.Namespace, root: Path) -> _VideoData:
+    from tokred.eval import shapes_video
+
+    side = args.frame_size
+    packer = Packer(processor, model.config.image_token_id, (side // 14) ** 2, args.video_frames, frame_sizes(side))
+    val_start = shapes_video.SPLITS["val"][0]
+    train = _load_clip_features(model, processor, shapes_video.SPLITS["train"][0], args.video_clips, args, root)
+    val = _load_clip_features(model, processor, val_start, args.video_val_items, args, root)
+    items = []
+    for i in range(args.video_val_items):
+        q = shapes_video.item(val_start + i, args.bench_seed, args.video_frames)[1]
+        items.append((q.question, q.answer, q.qtype))
+    _log(f"video features ready: train {tuple(train.shape)}, val {tuple(val.shape)}")
+    return _VideoData(packer, train, val, items, args.bench_seed)
+
+
+def load_warm_start(model: Any, wrapped: dict[str, LoRALinear], path: Path) -> None:
+    """Load exported weights (projector + LoRA A/B) as the starting point of further training (unmerged)."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    proj = {k[len("projector.") :]: v.float() for k, v in tensors.items() if k.startswith("projector.")}
+    model.model.multi_modal_projector.load_state_dict(proj)
+    for name, w in wrapped.items():
+        w.lora_a.data.copy_(tensors[f"lora.{name}.A"].float())
+        w.lora_b.data.copy_(tensors[f"lora.{name}.B"].float())
+
+
 # --------------------------------------------------------------------------------------------- packing
 
 
@@ -193,7 +308,7 @@ class PackedBatch:
         input_ids: ``(B, L)`` token ids (image positions hold the image token id).
         position_ids: ``(B, L)``.
         mask: ``(B, 1, L, L)`` boolean attention mask (True = may attend).
-        image_pos: ``(B, 256)`` positions of the image tokens.
+        image_pos: ``(B, V)`` positions of the visual tokens (256 for an image, frames x 64 for a clip).
         sup_pos: ``(S,)`` flat indices into ``B * L`` of positions whose next token is supervised.
         sup_tgt: ``(S,)`` target token ids.
         seg_of_sup: ``(S,)`` index of the segment each supervised position belongs to.
@@ -219,33 +334,39 @@ class Packer:
         n_image_tokens: Visual tokens per image (256).
     """
 
-    def __init__(self, processor: Any, image_token_id: int, n_image_tokens: int = 256) -> None:
+    def __init__(
+        self,
+        processor: Any,
+        image_token_id: int,
+        n_image_tokens: int = 256,
+        n_images: int = 1,
+        sizes: dict[str, Any] | None = None,
+    ) -> None:
         tok = processor.tokenizer
         self.tok = tok
         self.image_token_id = image_token_id
         probe = "Q?"
+        slots = [{"type": "image"}] * n_images
         text = processor.apply_chat_template(
-            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": probe}]}],
+            [{"role": "user", "content": [*slots, {"type": "text", "text": probe}]}],
             add_generation_prompt=True,
             tokenize=False,
         )
         img_tok = processor.image_token
-        head, tail = text.split(img_tok)
-        self.prefix = tok(head, add_special_tokens=False).input_ids + [image_token_id] * n_image_tokens
-        after = tail.split(probe)
+        pieces = text.split(img_tok)  # head, the text between images (frame separators), tail
+        self.prefix = tok(pieces[0], add_special_tokens=False).input_ids
+        for mid in pieces[1:-1]:
+            self.prefix += [image_token_id] * n_image_tokens + tok(mid, add_special_tokens=False).input_ids
+        self.prefix += [image_token_id] * n_image_tokens
+        after = pieces[-1].split(probe)
         self.q_before, self.q_after = after[0], after[1]  # "\n" and "<|im_end|>\n<|im_start|>assistant\n"
         self.eos = tok.convert_tokens_to_ids("<|im_end|>")
         self._cache: dict[str, list[int]] = {}
         # Check that prefix + segment reproduces the processor's tokenisation of a single-turn prompt.
-        full = (
-            processor(
-                images=[shapes.render(shapes.generate_scene(0))], text=[text + "red<|im_end|>"], return_tensors="pt"
-            )
-            .input_ids[0]
-            .tolist()
-        )
+        images = [shapes.render(shapes.generate_scene(0))] * n_images
+        full = processor(images=images, text=[text + "red<|im_end|>"], return_tensors="pt", **(sizes or {}))
         mine = self.prefix + self.segment(probe, "red")[0]
-        if full != mine:
+        if full.input_ids[0].tolist() != mine:
             raise RuntimeError("packed tokenisation differs from the processor's; the chat format changed")
 
     def _ids(self, text: str) -> list[int]:
@@ -485,7 +606,7 @@ def export_weights(
     record["weights_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
     record["weights_bytes"] = path.stat().st_size
     (out_dir / "reference.json").write_text(json.dumps(record, indent=2) + "\n")
-    (out_dir / "TRAINING.md").write_text(curve_md)
+    (out_dir / str(record.get("record_md", "TRAINING.md"))).write_text(curve_md)
     return path
 
 
@@ -504,19 +625,43 @@ def _record_md(rec: dict[str, Any]) -> str:
         "",
         "## Learning curve",
         "",
-        "| step | train min | loss (mean of last 10) | val overall | " + " | ".join(shapes.QTYPES) + " |",
-        "|---|---|---|---|" + "---|" * len(shapes.QTYPES),
+        "| step | train min | loss (mean of last 10) | val overall | "
+        + " | ".join(shapes.QTYPES)
+        + " |"
+        + (" video val | " + " | ".join(_video_qtypes()) + " |" if rec.get("video") else ""),
+        "|---|---|---|---|"
+        + "---|" * len(shapes.QTYPES)
+        + ("---|" * (1 + len(_video_qtypes())) if rec.get("video") else ""),
     ]
+    if rec.get("warm_start"):
+        lines[2:2] = [f"- warm start: `{rec['warm_start']}` (projector + LoRA of the previous release)"]
+    if rec.get("video"):
+        v = rec["video"]
+        lines[2:2] = [
+            f"- video: {v['clips']} shapes-video training clips of {v['frames']} frames at {v['frame_size']} px, "
+            f"{v['batch']} clips per step beside the images"
+        ]
     evals = {e["step"]: e for e in rec["val_curve"]}
     for p in rec["loss_curve"]:
         e = evals.get(p["step"])
-        acc = (
-            f"{100 * e['overall']:.1f} | " + " | ".join(f"{100 * e.get(t, float('nan')):.0f}" for t in shapes.QTYPES)
-            if e
-            else " | ".join([""] * (len(shapes.QTYPES) + 1))
-        )
+        acc = _acc_cells(e, shapes.QTYPES)
+        if rec.get("video"):
+            acc += " | " + _acc_cells(e.get("video") if e else None, _video_qtypes())
         lines.append(f"| {p['step']} | {p['min']:.1f} | {p['loss']:.4f} | {acc} |")
     return "\n".join(lines) + "\n"
+
+
+def _video_qtypes() -> tuple[str, ...]:
+    from tokred.eval import shapes_video
+
+    return shapes_video.QTYPES
+
+
+def _acc_cells(e: dict[str, Any] | None, qtypes: Sequence[str]) -> str:
+    """``overall | type | type ...`` cells of one validation entry (empty cells when there is none)."""
+    if not e:
+        return " | ".join([""] * (len(qtypes) + 1))
+    return f"{100 * e['overall']:.1f} | " + " | ".join(f"{100 * e.get(t, float('nan')):.0f}" for t in qtypes)
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -561,6 +706,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt-every", type=int, default=20, help="checkpoint every N QA steps")
     p.add_argument("--eval-every", type=int, default=100, help="validation every N QA steps (0: never)")
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop QA (with a checkpoint) after this many")
+    p.add_argument(
+        "--warm-start",
+        type=Path,
+        default=None,
+        help="start the QA phase from exported weights (projector + LoRA, e.g. tokred/eval/weights/"
+        "reference.safetensors) instead of fresh LoRA; combine with --align-steps 0 --align-pos-steps 0",
+    )
+    p.add_argument("--video-clips", type=int, default=0, help="shapes-video training clips (0: no video)")
+    p.add_argument("--video-batch", type=int, default=2, help="clips per QA step (with --video-clips)")
+    p.add_argument("--video-frames", type=int, default=8, help="frames per training clip")
+    p.add_argument("--frame-size", type=int, default=112, help="pixel side of a video frame (112: 64 tokens)")
+    p.add_argument("--video-per-type", type=int, default=2, help="questions per type per clip")
+    p.add_argument("--video-val-items", type=int, default=100, help="video validation questions per evaluation")
+    p.add_argument("--record-md", default="TRAINING.md", help="file name of the markdown record --export writes")
     p.add_argument("--export", action="store_true", help="write the weights to tokred/eval/weights when done")
     p.add_argument("--export-dir", type=Path, default=Path(__file__).with_name("weights"), help="where --export writes")
     return p
@@ -626,6 +785,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         q = shapes.item(val_start + i, args.bench_seed)[1]
         val_items.append((q.question, q.answer, q.qtype))
 
+    video = _video_data(model, processor, args, out / "features") if args.video_clips > 0 else None
     proj = model.model.multi_modal_projector
     # ---------------------------------------------------------------- phase 1: projector pre-alignment
     total_align = args.align_steps + args.align_pos_steps
@@ -678,6 +838,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, w in wrapped.items():
             w.lora_a.data.copy_(state["lora"][f"{name}.A"])
             w.lora_b.data.copy_(state["lora"][f"{name}.B"])
+    elif state["qa_step"] == 0 and args.warm_start is not None:
+        load_warm_start(model, wrapped, args.warm_start)
+        _log(f"warm start from {args.warm_start}")
     elif state["qa_step"] == 0:
         torch.manual_seed(args.seed + 1)
         for w in wrapped.values():
@@ -716,7 +879,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     def evaluate(step: int) -> None:
         model.eval()
         te = time.perf_counter()
-        acc = packed_exact_match(model, packer, val_items, val_feats)
+        acc: dict[str, Any] = dict(packed_exact_match(model, packer, val_items, val_feats))
+        if video is not None:
+            acc["video"] = packed_exact_match(model, video.packer, video.val_items, video.val_feats)
+            vid = acc["video"]
+            _log("video val: " + " ".join(f"{t} {100 * v:.0f}" for t, v in vid.items()))
         model.train()
         acc["step"] = step
         acc["min"] = state["qa_wall_s"] / 60
@@ -741,6 +908,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         pb = packer.pack(items)
         logits = packed_logits(model, pb, train_feats[rows])
         loss = F.cross_entropy(logits.float(), pb.sup_tgt)
+        if video is not None:  # clips join the step; the loss is the mean over all supervised tokens
+            vpb, vfeat = video.batch(step, args)
+            vlogits = packed_logits(model, vpb, vfeat)
+            n_i, n_v = len(pb.sup_tgt), len(vpb.sup_tgt)
+            vloss = F.cross_entropy(vlogits.float(), vpb.sup_tgt)
+            loss = (loss * n_i + vloss * n_v) / (n_i + n_v)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(lora_params + list(proj.parameters()), 1.0)
@@ -789,6 +962,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "loss_curve": state["loss_curve"],
         "val_curve": state["val_curve"],
         "lora": {"rank": args.lora_rank, "alpha": args.lora_alpha, "targets": list(LORA_TARGETS)},
+        "warm_start": str(args.warm_start) if args.warm_start else None,
+        "video": {
+            "clips": args.video_clips,
+            "batch": args.video_batch,
+            "frames": args.video_frames,
+            "frame_size": args.frame_size,
+        }
+        if video is not None
+        else None,
+        "record_md": args.record_md,
     }
     (out / "record.json").write_text(json.dumps(record, indent=2) + "\n")
     if args.export and state["qa_step"] >= args.qa_steps:
