@@ -272,10 +272,10 @@ def load_runner(model: str | None) -> Runner:
     if model == "tiny":
         return TinyRunner()
     if model is None or model == "reference":
-        from tokred.eval.reference import load_reference_model
+        from tokred.eval.reference import VIDEO_FRAME_SIZE, load_reference_model
 
         ref_model, processor = load_reference_model()
-        return HFRunner(ref_model, processor, name=model_label(model))
+        return HFRunner(ref_model, processor, name=model_label(model), frame_size=VIDEO_FRAME_SIZE)
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     try:
@@ -394,7 +394,7 @@ def prompt_counts(runner: Runner, inputs: dict[str, torch.Tensor]) -> tuple[list
 
 
 def match_budgets(
-    variants: list[Variant], settings: CompareSettings, counts: tuple[int, int], runner: Runner
+    variants: list[Variant], settings: CompareSettings, counts: tuple[int, int], runner: Runner, video: bool = False
 ) -> list[Variant]:
     """One point per (strategy, ``--match`` target): each strategy's budget knob searched for each target.
 
@@ -409,7 +409,7 @@ def match_budgets(
 
     assert settings.match is not None
     kind, targets = settings.match
-    measure = _budget_measure(kind, runner, counts, settings.convention)
+    measure = _budget_measure(kind, runner, counts, settings.convention, video)
     points = [variants[0]]
     for target in targets:
         for v in variants[1:]:
@@ -431,12 +431,14 @@ def off_target_notes(points: Sequence[Variant], tolerance: float) -> list[str]:
     ]
 
 
-def _budget_measure(kind: str, runner: Runner, counts: tuple[int, int], convention: str) -> Callable[[Strategy], float]:
+def _budget_measure(
+    kind: str, runner: Runner, counts: tuple[int, int], convention: str, video: bool = False
+) -> Callable[[Strategy], float]:
     from tokred.budget import predict_tokens_per_layer, relative_flops_measure
 
     text_cfg = text_config_of(runner.model)
     text, visual = counts
-    shape = _visual_shape(runner, visual)
+    shape = _visual_shape(runner, visual, video)
     if kind == "flops":
         return relative_flops_measure(text_cfg, text_tokens=text, convention=convention, **shape)
     layers = int(text_cfg.num_hidden_layers)
@@ -448,14 +450,14 @@ def _budget_measure(kind: str, runner: Runner, counts: tuple[int, int], conventi
     return mean_visual_tokens
 
 
-def _visual_shape(runner: Runner, visual: int) -> dict[str, Any]:
+def _visual_shape(runner: Runner, visual: int, video: bool = False) -> dict[str, Any]:
     """The budget prediction's view of a sample's ``visual`` tokens: per image, image count, grid, tower depth.
 
     A sample of several images (a video's frames enter the reference model as a sequence of images) has ``visual``
     tokens in ``visual / grid`` images of one grid each; the tower depth and feature layer let the prediction follow
-    mergers inside the vision tower (ToMe).
+    mergers inside the vision tower (ToMe). A video sample's frames use the runner's frame grid.
     """
-    grid = runner.image_grid
+    grid = runner.frame_grid if video else runner.image_grid
     per_image = grid[0] * grid[1] if grid else visual
     images = visual // per_image if per_image and visual % per_image == 0 and visual > per_image else 1
     vision_cfg = getattr(runner.model.config, "vision_config", None)

@@ -106,6 +106,8 @@ def test_budget_prediction_counts_frames_and_tower_depth():
     assert shape == {"visual_tokens": 16, "images": 8, "grid": (4, 4), "vision_layers": 6, "feature_layer": -2}
     assert _visual_shape(_FakeRunner((4, 4)), 16)["images"] == 1
     assert _visual_shape(_FakeRunner(None), 30)["visual_tokens"] == 30  # no grid: one image of every token
+    video = _visual_shape(_FakeRunner((4, 4)), 8 * 4, video=True)  # a clip's frames use the runner's frame grid
+    assert (video["images"], video["visual_tokens"], video["grid"]) == (8, 4, (2, 2))
 
 
 def test_a_temporal_merger_is_predicted_over_the_whole_clip():
