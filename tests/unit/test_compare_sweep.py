@@ -97,6 +97,7 @@ class _FakeRunner:
         vision = SimpleNamespace(num_hidden_layers=vision_layers) if vision_layers else None
         self.model = SimpleNamespace(config=SimpleNamespace(vision_config=vision, vision_feature_layer=feature_layer))
         self.image_grid = grid
+        self.frame_grid = (2, 2)
 
 
 def test_budget_prediction_counts_frames_and_tower_depth():
