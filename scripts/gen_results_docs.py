@@ -40,6 +40,7 @@ STRATEGIES = (
     "vispruner",
     "fitprune",
     "prefixkv",
+    "gamma-mod",
     "none",
 )
 

@@ -94,6 +94,8 @@ def strategy_extras(cls: type) -> str:
         extra = f" (`stage={comp.stage!r}`)" if role == "merger" else ""
         extra += f" (`query_rows={comp.query_rows!r}`)" if role == "scorer" else ""
         out.append(f"| {role} | {component_link(kind, comp.name)}{extra} | {_options_inline(comp.config)} |")
+    if strategy.router is not None:
+        out.append(f"| router | `{strategy.router.name}` | {_options_inline(strategy.router.config)} |")
     return "\n".join(out) + "\n"
 
 

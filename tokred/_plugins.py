@@ -45,6 +45,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "tokred.strategies.fitprune",
     "tokred.strategies.prefixkv",
     "tokred.strategies.evs",
+    "tokred.strategies.gamma_mod",
     "tokred.strategies.vidcom2",
     "tokred.adapters",
 )

@@ -78,6 +78,10 @@ def predict_tokens_per_layer(
 ) -> list[int]:
     """Sequence length each decoder layer processes (text tokens are never reduced).
 
+    For a routing strategy (gamma-MoD) the visual tokens are taken as the routable ones: the instruction text before
+    the image, also routable at run time, is not known here, so the prediction slightly overestimates the FLOPs
+    that ``tokred compare`` measures.
+
     Args:
         strategy: The strategy.
         num_layers: Decoder layers.
@@ -102,6 +106,10 @@ def predict_tokens_per_layer(
         feature_layer=feature_layer,
         video=video,
     )
+    if strategy.router is not None:  # MoD layers: the visual tokens a layer's capacity skips are not processed
+        router = strategy.router
+        mod = set(router.layers(num_layers))
+        return [text_tokens + (router.capacity(i, visual) if i in mod else visual) for i in range(num_layers)]
     if strategy.scheduler is None:
         return [text_tokens + visual] * num_layers
     scheduler = strategy.scheduler.for_video() if video else strategy.scheduler

@@ -12,7 +12,7 @@ from tokred.testing import check_component, parametrize_with_checks
 def _all_components():
     regs = get_registries()
     out = []
-    for kind in ("strategies", "mergers", "scorers", "schedulers"):
+    for kind in ("strategies", "mergers", "scorers", "schedulers", "routers"):
         reg = regs.by_kind(kind)
         out += [reg.get(name)() for name in reg.names()]
     return out

@@ -1,4 +1,4 @@
-"""Conformance checks that every merger, scorer, scheduler and strategy must pass (built-ins included).
+"""Conformance checks that every merger, scorer, scheduler, router and strategy must pass (built-ins included).
 
 Plugin authors run the same checks on their components:
 
@@ -28,10 +28,12 @@ import torch
 from tokred._components import (
     BaseComponent,
     BaseMerger,
+    BaseRouter,
     BaseScheduler,
     BaseScorer,
     ComposedStrategy,
     MergeContext,
+    RouteContext,
     ScoreContext,
     Strategy,
 )
@@ -184,12 +186,40 @@ def check_scorer_output(scorer: BaseScorer) -> None:
     assert torch.equal(scores, scorer.score(ctx)), "scores are not deterministic"
 
 
+def check_router_output(router: BaseRouter) -> None:
+    """MoD layers are distinct, ascending and never layer 0; capacities fit; decisions are (B, N), finite and
+    deterministic. A trained router without weights must refuse with ``ConfigError`` (never route by default)."""
+    from tokred.errors import ConfigError
+
+    for depth in (8, 12, 32):
+        layers = router.layers(depth)
+        assert layers == sorted(set(layers)) and all(1 <= i < depth for i in layers), f"bad MoD layers {layers}"
+    for r in (0, 1, 7, 64):
+        assert all(0 <= router.capacity(i, r) <= r for i in router.layers(12)), "capacity outside [0, routable]"
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(2, 10, 16, generator=g)  # (B, N, C)
+    visual = torch.zeros(2, 10, dtype=torch.bool)
+    visual[:, 2:7] = True
+    routable = torch.zeros_like(visual)
+    routable[:, :7] = True
+    ctx = RouteContext(h, routable, torch.ones_like(visual), visual, router.layers(12)[0], 12)
+    try:
+        decision = router.route(ctx)
+    except ConfigError:
+        return
+    assert tuple(decision.scores.shape) == (2, 10), "scores must have shape (B, N)"
+    assert torch.isfinite(decision.scores).all(), "scores must be finite"
+    assert decision.weight is None or tuple(decision.weight.shape) == (2, 10), "weight must be (B, N) or None"
+    assert torch.equal(decision.scores, router.route(ctx).scores), "routing is not deterministic"
+
+
 def check_strategy_components(strategy: Strategy) -> None:
     """Components are of the right roles, and each passes its own checks."""
     assert strategy.merger is None or isinstance(strategy.merger, BaseMerger)
     assert strategy.scorer is None or isinstance(strategy.scorer, BaseScorer)
     assert strategy.scheduler is None or isinstance(strategy.scheduler, BaseScheduler)
-    for component in strategy.components.values():
+    assert strategy.router is None or isinstance(strategy.router, BaseRouter)
+    for component in (*strategy.components.values(), strategy.router):
         if component is not None:
             check_component(component)
 
@@ -222,6 +252,8 @@ def checks_for(component: BaseComponent) -> list[Check]:
         checks += [check_merger_output, check_merger_batch_independence]
     if isinstance(component, BaseScorer):
         checks.append(check_scorer_output)
+    if isinstance(component, BaseRouter):
+        checks.append(check_router_output)
     if isinstance(component, Strategy):
         checks += [check_strategy_components, check_budget_knob]
     return checks
