@@ -24,6 +24,21 @@ from tokred.errors import UnsupportedModelError
 
 
 @dataclass(frozen=True)
+class LayerPlan:
+    """The decoder layers an in-LLM schedule touches (checked against hybrid decoders at patch time).
+
+    Attributes:
+        pruning: Layers whose input is reduced.
+        scoring: Layers whose attention the scorer reads (empty for a scorer that reads none).
+        routes: Whether a router lets tokens skip layers (token routing).
+    """
+
+    pruning: tuple[int, ...] = ()
+    scoring: tuple[int, ...] = ()
+    routes: bool = False
+
+
+@dataclass(frozen=True)
 class VideoLayout:
     """The frame structure of one video's features.
 
@@ -147,8 +162,13 @@ class ModelAdapter:
                 f"{type(self.model).__name__} does not follow the generic multimodal contract: {'; '.join(problems)}"
             )
 
-    def refusals(self, *, pre_llm: bool, in_llm: bool) -> list[str]:
-        """Reasons why the requested stages cannot be applied correctly to this model (empty: all fine)."""
+    def refusals(
+        self, *, pre_llm: bool, in_llm: bool, layers: LayerPlan | None = None, mode: str = "drop"
+    ) -> list[str]:
+        """Reasons why the requested stages cannot be applied correctly to this model (empty: all fine).
+
+        ``layers`` (the decoder layers the in-LLM schedule prunes and scores) and ``mode`` let a hybrid decoder be
+        checked against the schedule itself."""
         reasons = []
         lm_params = inspect.signature(self.decoder.forward).parameters
         if any("deepstack" in p or p == "visual_pos_masks" for p in lm_params) and not self.injects_features():
@@ -156,16 +176,8 @@ class ModelAdapter:
                 "visual features are added inside the LLM at several layers (DeepStack-style) through inputs tokred "
                 "does not recognise, so dropping or merging visual tokens would misalign them"
             )
-        odd = self.non_attention_layers()
-        if odd and in_llm:  # a pre-LLM reduction only shortens the sequence: every layer kind handles that
-            kinds = sorted({t for _, t in odd})
-            attn = [i for i in range(self.num_layers) if i not in dict(odd)]
-            reasons.append(
-                f"the decoder has {', '.join(kinds)} layers (at {[i for i, _ in odd]}) whose cache (recurrent, "
-                "convolution, indexer or chunked state) is not the plain per-token KV cache in-LLM pruning shortens, "
-                f"so decode after a pruned prefill would not stay consistent; plain attention layers: {attn}. Use a "
-                "pre-LLM strategy (aim-merge, pooling, random layer=0) for this model"
-            )
+        if in_llm:  # a pre-LLM reduction only shortens the sequence: every layer kind handles that
+            reasons += self.hybrid_refusals(layers or LayerPlan(), mode)
         if (in_llm or pre_llm) and self.bidirectional_image_attention() and not self.handles_bidirectional:
             reasons.append("image tokens attend bidirectionally within their span and no family adapter handles it")
         if pre_llm and self.uses_mrope() and not self.recomputes_mrope:
@@ -173,6 +185,59 @@ class ModelAdapter:
                 "it uses M-RoPE positions, which a pre-LLM reduction changes and no family adapter recomputes"
             )
         return reasons
+
+    def hybrid_refusals(self, layers: LayerPlan, mode: str) -> list[str]:
+        """Why in-LLM pruning with this schedule is unsafe on a hybrid decoder (empty: a plain decoder, or safe).
+
+        Linear-attention and convolution layers (`hf.STATE_LAYER_TYPES`) keep one state per sequence: a layer after
+        the pruning layer builds it from the kept tokens, exactly what a no-cache run on the kept tokens does, so
+        decode stays consistent. What stays refused: other layer kinds, a scorer that reads attention at a layer that
+        has none, mask mode (a masked token still enters a state), and pruning at or before the first attention
+        layer (transformers reads the cache length, hence the next positions, from it)."""
+        odd = self.non_attention_layers()
+        if not odd:
+            return []
+        attn = self.attention_layers()
+        other = [(i, t) for i, t in odd if t not in hf.STATE_LAYER_TYPES]
+        if other:
+            other_kinds = ", ".join(sorted({t for _, t in other}))
+            return [
+                f"the decoder has {other_kinds} layers (at {[i for i, _ in other]}) whose cache is not the "
+                "plain per-token KV cache in-LLM pruning shortens, so decode after a pruned prefill would not stay "
+                f"consistent; plain attention layers: {attn}. Use a pre-LLM strategy (aim-merge, pooling, random "
+                "layer=0) for this model"
+            ]
+        kinds = ", ".join(sorted({t for _, t in odd}))
+        reasons: list[str] = []
+        if layers.routes:
+            reasons.append(
+                f"token routing lets tokens skip layers, and tokred has not made the {kinds} layers' per-sequence "
+                "state consistent for tokens that skip them; route a decoder of attention layers only"
+            )
+        bad = sorted(set(layers.scoring) - set(attn))
+        if bad:
+            reasons.append(
+                f"the scorer reads attention at decoder layers {bad}, which are {kinds} layers without attention; "
+                f"score at an attention layer instead ({attn}; a scorer of the previous layer prunes at layer K when "
+                "K - 1 is one of them)"
+            )
+        if mode == "mask":
+            reasons.append(
+                f"mode='mask' hides pruned tokens as attention keys only, but the {kinds} layers at "
+                f"{[i for i, _ in odd]} would still fold them into their per-sequence state; use mode='drop'"
+            )
+        first = attn[0] if attn else None
+        if layers.pruning and (first is None or min(layers.pruning) <= first):
+            reasons.append(
+                f"transformers reads the cache length (the next positions) from the first attention layer ({first}), "
+                f"which pruning at layer {min(layers.pruning)} would shorten; prune at a layer after it"
+            )
+        return reasons
+
+    def attention_layers(self) -> list[int]:
+        """Indices of the decoder layers that are (full or sliding-window) attention layers."""
+        odd = dict(self.non_attention_layers())
+        return [i for i in range(self.num_layers) if i not in odd]
 
     def injects_features(self) -> bool:
         """Whether the decoder adds visual features after some layers through DeepStack inputs that tokred reduces

@@ -281,6 +281,24 @@ def is_dynamic_cache(cache: Any) -> bool:
     return isinstance(cache, DynamicCache) and all(isinstance(x, DynamicLayer) for x in cache.layers)
 
 
+#: ``layer_types`` of hybrid-decoder layers whose cache is one state per sequence (the last convolution inputs and,
+#: for linear attention, a recurrent state), read from the layer's own input: after a pruned prefill a later layer's
+#: state is that of the kept sequence, whose last tokens (text, never dropped) are what decode reads. Qwen3.5's
+#: GatedDeltaNet and LFM2's short convolution (``LinearAttentionLayer``, transformers 5.18 .. 5.24).
+STATE_LAYER_TYPES: tuple[str, ...] = ("linear_attention", "conv")
+
+
+def is_prunable_cache(cache: Any) -> bool:
+    """Whether in-LLM pruning can shorten ``cache`` layer by layer: a ``DynamicCache`` whose layers are
+    ``DynamicLayer`` (per-layer lengths) or per-sequence linear-attention / convolution states
+    (``LinearAttentionLayer``, which hold no per-token entries)."""
+    from transformers.cache_utils import DynamicCache, DynamicLayer, LinearAttentionCacheLayerMixin
+
+    return isinstance(cache, DynamicCache) and all(
+        isinstance(x, (DynamicLayer, LinearAttentionCacheLayerMixin)) for x in cache.layers
+    )
+
+
 def pin_mask_sizes(cache: Any, anchor: int = 0) -> None:
     """Size every layer's attention mask (and query offset) from layer ``anchor``'s cache, on this cache object.
 

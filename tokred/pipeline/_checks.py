@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from tokred.adapters.base import LayerPlan
 from tokred.errors import ConfigError, PluginOutputError
 
 _PROBE_TOKENS = 576  # visual tokens used to ask a scheduler whether it reduces anything at a depth
@@ -159,3 +160,27 @@ def check_schedule_depth(strategy: Any, num_layers: int) -> None:
         f"strategy '{strategy.name}' reduces nothing on this model: its schedule ({scheduler!r}) starts dropping at "
         f"layer {first}, but the model has {num_layers} decoder layers; choose layers below {num_layers}"
     )
+
+
+def planned_layers(strategy: Any, num_layers: int) -> LayerPlan:
+    """The decoder layers the strategy's in-LLM schedule prunes and scores (as ``RunState`` plans them, for a probe
+    count of visual tokens; the video variant of the schedule included), for the patch-time checks."""
+    scheduler = getattr(strategy, "scheduler", None)
+    routes = getattr(strategy, "router", None) is not None
+    if scheduler is None:
+        return LayerPlan(routes=routes)
+    pruning: set[int] = set()
+    for sched in {id(s): s for s in (scheduler, scheduler.for_video())}.values():
+        try:
+            budgets = sched.budgets(num_layers, _PROBE_TOKENS)
+        except ConfigError:
+            continue
+        if getattr(sched, "adaptive", False):  # the scorer sizes every layer >= 1
+            pruning |= set(range(1, num_layers))
+        else:
+            pruning |= {i for i in range(1, num_layers) if budgets[i] < budgets[i - 1]}
+    scorer = strategy.scorer
+    scoring: set[int] = set()
+    if scorer is not None and scorer.query_rows != "none":
+        scoring = pruning if scorer.scores_own_layer else {i - 1 for i in pruning}
+    return LayerPlan(pruning=tuple(sorted(pruning)), scoring=tuple(sorted(scoring)), routes=routes)

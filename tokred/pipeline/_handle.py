@@ -20,7 +20,7 @@ from tokred._components import Strategy
 from tokred.adapters import hf
 from tokred.errors import ConfigError, TokredError, UnsupportedModeError, UnsupportedModelError
 from tokred.pipeline._attention import CAPTURE_ATTR, KV_ATTR, register_attention_functions, wrapped_name
-from tokred.pipeline._checks import check_schedule_depth
+from tokred.pipeline._checks import check_schedule_depth, planned_layers
 from tokred.pipeline._llm import InLLMStage
 from tokred.pipeline._prellm import PreLLMStage
 from tokred.pipeline._state import ReductionStats, RunState
@@ -436,7 +436,12 @@ def patch(
     _check_routing(strat, adapter, model)
     merger = strat.merger
     in_llm = strat.scheduler is not None or strat.router is not None
-    reasons = adapter.refusals(pre_llm=merger is not None, in_llm=in_llm) if (merger is not None or in_llm) else []
+    plan = planned_layers(strat, adapter.num_layers)
+    reasons = (
+        adapter.refusals(pre_llm=merger is not None, in_llm=in_llm, layers=plan, mode=strat.prune_mode)
+        if (merger is not None or in_llm)
+        else []
+    )
     if reasons:
         raise UnsupportedModelError(
             f"tokred cannot apply strategy '{strat.name}' to {type(model).__name__} (adapter '{adapter.name}'): "

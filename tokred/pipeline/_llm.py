@@ -143,7 +143,7 @@ class InLLMStage:
     def _guard_prefill(self, cache: Any, q: int) -> None:
         if torch.compiler.is_compiling():
             raise UnsupportedModeError("torch.compile cannot trace tokred's data-dependent pruning; run uncompiled")
-        if cache is not None and not hf.is_dynamic_cache(cache):
+        if cache is not None and not hf.is_prunable_cache(cache):
             raise UnsupportedModeError(
                 f"in-LLM pruning needs a DynamicCache, got {type(cache).__name__} (static caches give every layer "
                 "the length of layer 0); use the default cache (no cache_implementation='static')"

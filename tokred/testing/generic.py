@@ -101,7 +101,7 @@ def _shrink(cfg: Any, over: dict[str, int]) -> None:
     overrides = spec.per_layer_overrides if spec is not None else {}
     sel = _pick_layers(depth, n, types, overrides) if spec is not None else list(range(n))
     if isinstance(types, list) and types:
-        cfg.layer_types = [(types * n)[j] for j in sel] if spec is None else [types[j] for j in sel]
+        cfg.layer_types = _attention_first(list(types), n) if spec is None else [types[j] for j in sel]
     for key, value in list(vars(cfg).items()):  # other per-layer lists (e.g. dense / sparse MLP kinds)
         if key.endswith("layer_types") and key != "layer_types" and isinstance(value, list) and len(value) == depth:
             setattr(cfg, key, [value[j] for j in sel])
@@ -111,6 +111,21 @@ def _shrink(cfg: Any, over: dict[str, int]) -> None:
             for i, j in enumerate(sel)
             if j in overrides
         }
+
+
+def _attention_first(types: list[str], n: int) -> list[str]:
+    """``n`` layer types of a hybrid decoder whose state layers (`hf.STATE_LAYER_TYPES`: linear attention,
+    convolution) keep one state per sequence: its attention kinds, in turn, then one layer of every state kind last.
+
+    The pipeline checks score at layers 0..2 and prune at 1..3, so their scorers read attention layers and every state
+    layer runs after the pruning layer, on the kept sequence (decode must continue its state). Other decoders keep the
+    first ``n`` types, repeated."""
+    state = list(dict.fromkeys(t for t in types if t in hf.STATE_LAYER_TYPES))
+    attention = list(dict.fromkeys(t for t in types if t not in hf.STATE_LAYER_TYPES))
+    if not state or not attention or len(state) >= n:
+        return [(types * n)[j] for j in range(n)]
+    head = n - len(state)
+    return [attention[j % len(attention)] for j in range(head)] + state
 
 
 def _pick_layers(depth: int, n: int, types: Any, overrides: dict[int, dict[str, Any]]) -> list[int]:
@@ -132,7 +147,7 @@ def _scaled(value: Any, old_global: Any, new_global: Any) -> Any:
     return max(1, new_global * value // old_global)
 
 
-def _build(model_type: str) -> Any:
+def _build(model_type: str, text_layer_types: list[str] | None = None) -> Any:
     import transformers as tf
     from transformers import AutoConfig
 
@@ -159,6 +174,8 @@ def _build(model_type: str) -> Any:
         cfg.hidden_size = _TEXT["hidden_size"]  # a top-level copy of the LLM width (e.g. a visual embedding table)
     for sub in [cfg, *(sub for name, sub in subs.items() if name not in _TEXT_NAMES)]:
         _shrink_projector(sub, width, vision_width)
+    if text_layer_types is not None:
+        cfg.get_text_config().layer_types = list(text_layer_types)
     _fix_config(cfg, _modeling_source(cls, cfg.get_text_config()))
     torch.manual_seed(0)
     model = cls(cfg).eval()
@@ -407,8 +424,13 @@ def _counts(model: Any, pixels: dict[str, torch.Tensor]) -> list[int]:
     return [int(f.shape[0]) for f in feats]
 
 
-def generic_tiny_model(model_type: str) -> tuple[Any, Callable[..., dict[str, torch.Tensor]], str]:
+def generic_tiny_model(
+    model_type: str, text_layer_types: list[str] | None = None
+) -> tuple[Any, Callable[..., dict[str, torch.Tensor]], str]:
     """Build ``model_type`` tiny from its default config, with an input builder.
+
+    ``text_layer_types`` sets the LLM's ``layer_types`` (one per layer of the tiny depth) instead of the default
+    choice (e.g. a hybrid decoder's realistic order, its linear-attention layers first).
 
     Returns:
         ``(model, make_inputs, recipe)``; ``make_inputs(batch=1, text_len=6, seed=0)`` gives one image per sample,
@@ -424,7 +446,7 @@ def generic_tiny_model(model_type: str) -> tuple[Any, Callable[..., dict[str, to
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model = _build(model_type)
+            model = _build(model_type, text_layer_types)
             name, make = _first_that_runs(model, _recipes(model))
     except NotBuildable as exc:
         raise NotBuildable(str(exc), model) from exc

@@ -105,13 +105,15 @@ def reference_last_logits(
     dec = model.get_decoder()
     state = _layer_state(dec.layers[0])
     extras = _layer_extras(model, inputs)
+    types = list(getattr(dec.config, "layer_types", None) or [])
     with torch.no_grad():
         for i, layer in enumerate(dec.layers):
             if i in keeps:
                 gen = torch.arange(prompt_len, total).expand(b, -1)
                 active = torch.cat([keeps[i], gen], 1)
             side = layers[i] if positions == "original" else _reindexed(dec, h, active, layers[i], i)
-            h = _run_layer(layer, h, active, side, state, extras[i])
+            stateful = i < len(types) and types[i] in hf.STATE_LAYER_TYPES
+            h = _run_layer(layer, h, active, side, state, extras[i], stateful)
             if injection is not None and i < len(injection[1]):  # DeepStack: features added after layer i
                 vis = injection[0]
                 h = h.clone()
@@ -169,18 +171,22 @@ def _run_layer(
     side: Any,
     state: dict[str, Any] | None = None,
     extras: tuple[Any, ...] = (),
+    stateful: bool = False,
 ) -> torch.Tensor:
     """One decoder layer on the ``active`` (B, K) rows of ``h`` (B, N, C); returns ``h`` with those rows updated.
 
     ``state`` is shared per-forward layer state; ``extras`` the layer's other positional inputs, per-token ones
-    (B, N, ...) gathered at ``active`` like the hidden states."""
+    (B, N, ...) gathered at ``active`` like the hidden states. A ``stateful`` layer (linear attention, convolution)
+    takes a 2-D padding mask (B, N), gathered on its columns, or none."""
     b = h.shape[0]
     pe, mask = side[:2]
     if pe is None or len(side) > 3:  # NoPE layer (no position embeddings), or already for the active rows
         pe_sub = pe
     else:
         pe_sub = tuple(_gather(t, active, t.dim() - 2) for t in pe)
-    if mask is None:
+    if stateful:
+        mask = None if mask is None else _gather(mask, active, 1)  # (B, K) padding mask of the kept rows
+    elif mask is None:
         k = active.shape[1]
         mask = torch.ones(k, k, dtype=torch.bool).tril()[None, None].expand(b, 1, k, k)
     else:

@@ -5,7 +5,9 @@ Checks per family (one image per sample, batch 2 with left padding):
 
 * ``none``: logits and greedy ``generate()`` bitwise identical to the unpatched model; ``remove()`` restores it;
 * ``fastv`` (in-LLM pruning at layer 2): some layer sees fewer tokens, no text position is dropped, and cached
-  ``generate()`` logits equal the no-cache reference on the kept set (`tokred.testing.reference`, <= 1e-4);
+  ``generate()`` logits equal the no-cache reference on the kept set (`tokred.testing.reference`, <= 1e-4); a hybrid
+  decoder's tiny model has its attention layers first and its linear-attention / convolution layers last
+  (`tokred.testing.generic`), so the scoring layer is an attention layer and a state layer runs on the kept sequence;
 * ``pooling`` (before the LLM; ``random`` with ``layer=0`` when the family's features form no grid): the decoder sees
   fewer tokens and cached ``generate()`` logits equal a no-cache forward of the patched model on prompt + generated.
 
