@@ -201,7 +201,7 @@ def extract_clip_features(
     if chunk_path.is_file():
         cached: torch.Tensor = torch.load(chunk_path)
         return cached
-    feats = []
+    feats: list[torch.Tensor] = []
     for s in range(0, len(indices), 4):  # 4 clips per tower forward
         clips = [shapes_video.item(i, seed, frames)[0] for i in indices[s : s + 4]]
         images = [f for c in clips for f in shapes_video.render_clip(c)]
