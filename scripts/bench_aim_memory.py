@@ -24,7 +24,7 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=28)
     parser.add_argument("--kv-heads", type=int, default=4)
     parser.add_argument("--head-dim", type=int, default=128)
-    parser.add_argument("--chunk-size", type=int, default=128)
+    parser.add_argument("--chunk-size", type=int, default=64)
     args = parser.parse_args()
     g = torch.Generator().manual_seed(0)
     q = torch.randn(1, args.heads, args.tokens, args.head_dim, generator=g)

@@ -9,8 +9,9 @@ Where tokred differs from the reference code:
   cache holds only what they kept, and each later PageRank runs over the survivors only. ``mode="mask"`` (with
   ``reference_code_offset=True``) is the reference loop: pruned tokens stay query rows of later attention and of the
   PageRank (uniform start over all N tokens), hidden only as keys, and the cache keeps everything;
-* PageRank is computed a few heads at a time over row chunks of the causal triangle (bounded memory) from queries
-  and keys, so any attention backend works, instead of materialising an H x N x N tensor under eager attention;
+* PageRank is computed from queries and keys, so any attention backend works, in one sweep over row chunks of the
+  causal triangle that runs every power iteration on each chunk and never stores the matrix (bounded memory),
+  instead of materialising an H x N x N tensor under eager attention;
 * merge similarities and PageRank logits are float32 whatever the input dtype;
 * batches of any size and any number of images work; spans come from ``input_ids``;
 * for images the merge metric is the projected features by default; ``metric="keys"`` uses the vision tower's
@@ -177,7 +178,7 @@ class PageRankScorer(BaseScorer):
     class Config(ComponentConfig):
         temperature: float = Field(0.1, gt=0.0, le=100.0, description="Softmax temperature tau of the logits.")
         iterations: int = Field(5, ge=1, le=100, description="PageRank power iterations.")
-        chunk_size: int = Field(128, ge=16, le=65536, description="Query rows per chunk (bounds peak memory).")
+        chunk_size: int = Field(64, ge=16, le=65536, description="Query rows per chunk (bounds peak memory).")
 
     config: PageRankScorer.Config
 

@@ -118,3 +118,19 @@ def test_pagerank_head_batches_agree():
     one = pagerank_importance(q, k, scaling=0.35, chunk_size=8, max_matrix_bytes=1)
     allh = pagerank_importance(q, k, scaling=0.35, chunk_size=8)
     torch.testing.assert_close(one, allh, rtol=1e-6, atol=0)
+
+
+def test_pagerank_extra_memory_is_bounded_at_6400_tokens():
+    """At N = 6,400 the PageRank needs far less than AIM's dense H x N x N matrices (84 MB per head): the matrix is
+    never stored, only one chunk of rows per pass of key heads. 14 heads on 2 key heads are one pass of the size that
+    28 heads on 4 key heads (Qwen2-7B) run twice, so this bounds that case too (issue 15: < 256 MiB)."""
+    from tokred.bench import peak_memory
+
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(1, 14, 6400, 8, generator=g), torch.randn(1, 2, 6400, 8, generator=g)
+    with peak_memory("cpu") as mem:
+        scores = pagerank_importance(q, k, scaling=8**-0.5)
+    if not mem.exact:
+        pytest.skip(f"peak memory is not measured exactly here ({mem.method})")
+    assert scores.shape == (1, 6400) and torch.isfinite(scores).all()
+    assert mem.delta_bytes < 256 * 2**20, f"{mem.delta_bytes / 2**20:.1f} MiB"

@@ -110,19 +110,19 @@ def pagerank_importance(
     key_mask: torch.Tensor | None = None,
     temperature: float = 0.1,
     iterations: int = 5,
-    chunk_size: int = 128,
+    chunk_size: int = 64,
     max_matrix_bytes: int = 64 * 2**20,
     query_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """AIM's multi-modal importance: PageRank over the sharpened attention matrix, RMS over heads.
 
     ``M_h = softmax((Q_h K_h^T * scaling + mask) / temperature)``, ``pi_h = 1/N`` then ``pi_h <- pi_h M_h``
-    ``iterations`` times, and ``s = sqrt(mean_h pi_h ** 2)`` (AIM, arXiv:2412.03248 §3.3). Memory stays bounded:
-    the causal matrix is stored as row chunks of its lower triangle only (a chunk of rows ``[lo, hi)`` can only
-    see keys ``[0, hi)``), for as many heads at a time as fit in ``max_matrix_bytes`` (at least one), instead of
-    AIM's dense H x N x N (at N = 6,400 one head's triangle is 84 MB, AIM's 28 full matrices 4.5 GB). The
-    triangle also halves the work of building the matrix and of every power iteration. Grouped key heads are
-    indexed, never copied.
+    ``iterations`` times, and ``s = sqrt(mean_h pi_h ** 2)`` (AIM, arXiv:2412.03248 §3.3). All iterations run in
+    one sweep over row chunks of the causal M, last chunk first (see `_pagerank_sweep`), so M is never stored:
+    memory is one chunk of rows (``chunk_size`` x N per head) for as many heads at a time as fit in
+    ``max_matrix_bytes`` (at least one key head's group), instead of AIM's dense H x N x N (4.5 GB at N = 6,400
+    and 28 heads). Only the causal triangle is computed, and the query heads that share a key head are stacked
+    into one matrix product with it (grouped keys are never copied).
 
     Args:
         query: Queries of every token, shape (B, H, N, D).
@@ -136,8 +136,8 @@ def pagerank_importance(
             still visible ones as ``key_mask``.
         temperature: Softmax temperature tau.
         iterations: Power iterations (>= 1).
-        chunk_size: Query rows per chunk (smaller chunks follow the triangle more closely).
-        max_matrix_bytes: Memory budget of the matrices built at once.
+        chunk_size: Query rows per chunk (smaller chunks follow the triangle more closely and need less memory).
+        max_matrix_bytes: Memory budget of the chunk matrices built at once.
 
     Returns:
         Importance of every token, shape (B, N), float32; padding tokens score 0.
@@ -145,101 +145,138 @@ def pagerank_importance(
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
     b, h, n, _ = query.shape
-    group = h // key.shape[1]
+    h_kv = key.shape[1]
+    group = h // h_kv
     valid = torch.ones(b, n, dtype=torch.bool, device=query.device) if key_mask is None else key_mask.bool()
     rows = valid if query_mask is None else query_mask.bool()  # (B, N)
     start = rows.float() / rows.sum(-1, keepdim=True).clamp_min(1).float()  # (B, N) uniform over query rows
     sq_sum = torch.zeros(b, n, dtype=torch.float32, device=query.device)
-    head_bytes = b * 4 * n * (n + chunk_size) // 2  # one head's stored triangle, all batch rows
-    step = max(1, min(h, max_matrix_bytes // max(1, head_bytes)))  # heads per pass
-    for lo in range(0, h, step):
-        heads = torch.arange(lo, min(h, lo + step), device=query.device)
-        q = query[:, lo : lo + len(heads)].flatten(0, 1)  # (B*h', N, D), a view when B == 1
-        k = (key[:, lo : lo + len(heads)] if group == 1 else key[:, heads // group]).flatten(0, 1)  # (B*h', N, D)
-        pi, blocks = _sharpened_blocks(
-            q,
-            k,
-            valid.repeat_interleave(len(heads), 0),
+    kv_bytes = b * group * 8 * min(n, chunk_size) * n  # one key head's chunk: logits and probabilities
+    step = max(1, min(h_kv, max_matrix_bytes // max(1, kv_bytes)))  # key heads per pass
+    for lo in range(0, h_kv, step):
+        hk = min(h_kv, lo + step) - lo
+        g = hk * group  # query heads of this pass
+        pi = _pagerank_sweep(
+            query[:, lo * group : lo * group + g],
+            key[:, lo : lo + hk],
             scaling / temperature,
             chunk_size,
-            rows.repeat_interleave(len(heads), 0),
-            start.repeat_interleave(len(heads), 0),
-        )  # pi: the first power iteration, fused into the pass that builds the blocks
-        for _ in range(iterations - 1):
-            pi = _propagate(pi, blocks)
-        sq_sum += pi.square().view(b, len(heads), n).sum(1)
-        del blocks
+            iterations,
+            valid.repeat_interleave(g, 0),
+            rows.repeat_interleave(g, 0),
+            start.repeat_interleave(g, 0),
+        )  # (B*g, N)
+        sq_sum += pi.square().view(b, g, n).sum(1)
     return (sq_sum / h).sqrt()  # (B, N)
 
 
-def _sharpened_blocks(
+def _chunk_probs(
     q: torch.Tensor,
-    k: torch.Tensor,
-    valid: torch.Tensor,
+    kt: torch.Tensor,
+    future: torch.Tensor,
     scale: float,
-    chunk_size: int,
-    rows: torch.Tensor,
-    start: torch.Tensor,
-) -> tuple[torch.Tensor, list[tuple[int, torch.Tensor, torch.Tensor]]]:
-    """Row chunks of the causal ``softmax(q k^T * scale + mask)`` for a batch of heads, and ``start @ softmax``.
-
-    Rows ``[lo, hi)`` attend keys ``[0, hi)`` only, so each chunk stores just those columns; the causal mask is
-    needed on the chunk's diagonal tile alone. The scale is applied inside the matrix product (BLAS ``alpha``).
-    A chunk is stored as its unnormalised exponentials ``E`` (computed in place, no second buffer) with a weight
-    per row, ``1 / rowsum`` (0 for rows that carry no mass), so ``pi M = (pi * weight) E`` needs no division pass;
-    the first power iteration is accumulated while each chunk is still in cache.
+    valid: torch.Tensor | None,
+    buffers: torch.Tensor,
+) -> torch.Tensor:
+    """Rows ``[lo, hi)`` of the causal ``softmax(q k^T * scale + mask)``, keys ``[0, hi)`` only (``hi = lo + c``).
 
     Args:
-        q: Queries, shape (G, N, D) (G = batch x heads).
-        k: Keys of the matching key heads, shape (G, N, D).
-        valid: Tokens visible as keys, shape (G, N) bool.
+        q: The chunk's queries, shape (G_kv, group x c, D): the ``group`` query heads of a key head stacked.
+        kt: Transposed keys up to the chunk's last row, shape (G_kv, D, hi).
+        future: The causal mask of the diagonal tile, ``-inf`` above the diagonal and 0 elsewhere, shape (c, c).
+        scale: ``scaling / temperature`` (applied inside the matrix product, BLAS ``alpha``).
+        valid: Keys that may be attended, shape (G, hi) bool (G = G_kv x group), or ``None`` for all.
+        buffers: Reused memory for the logits and the probabilities, shape (2, >= G x c x hi) float32.
+
+    Returns:
+        Probabilities, shape (G, c, hi), float32 (a view of ``buffers[1]``); a row that sees no key is all zeros.
+    """
+    g_kv, rows, hi = q.shape[0], q.shape[1], kt.shape[2]
+    c, size = future.shape[0], q.shape[0] * q.shape[1] * kt.shape[2]
+    logits = buffers[0, :size].view(g_kv, rows, hi)
+    torch.baddbmm(logits, q, kt, beta=0.0, alpha=scale, out=logits)  # (G_kv, group*c, hi)
+    logits = logits.view(-1, c, hi)  # (G, c, hi)
+    logits[:, :, hi - c :].add_(future)
+    if valid is not None:
+        logits.masked_fill_(~valid[:, None, :], float("-inf"))
+    probs = torch.softmax(logits, dim=-1, out=buffers[1, :size].view(-1, c, hi))  # (G, c, hi)
+    return probs if valid is None else probs.nan_to_num_(0.0)
+
+
+def _pagerank_sweep(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    scale: float,
+    chunk_size: int,
+    iterations: int,
+    valid: torch.Tensor,
+    rows: torch.Tensor,
+    start: torch.Tensor,
+) -> torch.Tensor:
+    """``start M^iterations`` for a pass of heads, every iteration in one sweep over M's row chunks.
+
+    Mass flows from a row to keys at or before it, so ``pi_t`` on rows ``[lo, hi)`` is final once every chunk of
+    later rows has passed on ``pi_(t-1)``. Taking chunks last first, each chunk builds its rows of M once and runs
+    all iterations with them: its diagonal tile (keys ``[lo, hi)``) in sequence, which completes ``pi_1 ..
+    pi_T`` on ``[lo, hi)``, then the keys before ``lo`` receive every iteration's mass in one (T, c) x (c, lo)
+    matrix product. The sums are those of ``pi <- pi M`` repeated, in another order.
+
+    Args:
+        q: Queries, shape (B, g, N, D) (g query heads sharing hk = g / group key heads).
+        k: Their key heads, shape (B, hk, N, D).
         scale: ``scaling / temperature``.
         chunk_size: Rows per chunk.
+        iterations: Power iterations T.
+        valid: Tokens visible as keys, shape (G, N) bool (G = B x g).
         rows: Query rows that carry mass, shape (G, N) bool.
         start: Initial distribution, shape (G, N).
 
     Returns:
-        ``start M`` (G, N), and ``(lo, exp_block, weight)`` triples, ``exp_block`` of shape (G, hi - lo, hi) and
-        ``weight`` of shape (G, hi - lo), float32.
+        ``pi_T``, shape (G, N), float32.
     """
-    g, n, _ = q.shape
-    qf, kt = q.float(), k.float().transpose(-1, -2)  # (G, N, D), (G, D, N)
-    padded = not bool(valid.all() and rows.all())
-    blocks = []
-    first = torch.zeros(g, n, dtype=torch.float32, device=q.device)  # (G, N)
-    for lo in range(0, n, chunk_size):
+    b, g, n, d = q.shape
+    hk = k.shape[1]
+    qf = q.float().reshape(b * hk, g // hk, n, d)  # (G_kv, group, N, D), a view when B == 1 or not grouped
+    kt = k.float().flatten(0, 1).transpose(-1, -2)  # (G_kv, D, N), a view
+    keys = None if bool(valid.all()) else valid
+    weight = None if bool(rows.all()) else rows.float()[:, None]  # (G, 1, N): rows that pass mass on
+    pis = torch.zeros(b * g, iterations + 1, n, dtype=torch.float32, device=q.device)  # pi_0 .. pi_T
+    pis[:, 0] = start
+    masks: dict[int, torch.Tensor] = {}
+    buffers = torch.empty(2, b * g * min(n, chunk_size) * n, dtype=torch.float32, device=q.device)
+    for lo in reversed(range(0, n, chunk_size)):
         hi = min(n, lo + chunk_size)
-        logits = torch.empty(g, hi - lo, hi, dtype=torch.float32, device=q.device)
-        torch.baddbmm(logits, qf[:, lo:hi], kt[:, :, :hi], beta=0.0, alpha=scale, out=logits)  # (G, c, hi)
-        future = torch.ones(hi - lo, hi - lo, dtype=torch.bool, device=q.device).triu_(1)  # key after query
-        logits[:, :, lo:hi].masked_fill_(future, float("-inf"))
-        if padded:
-            logits.masked_fill_(~valid[:, None, :hi], float("-inf"))
-        block = logits.sub_(logits.amax(dim=-1, keepdim=True)).exp_()  # (G, c, hi) unnormalised, in place
-        if padded:  # a row that saw no key is NaN: it carries no mass
-            block.nan_to_num_(0.0)
-        total = block.sum(dim=-1)  # (G, c)
-        weight = torch.where(rows[:, lo:hi] & (total > 0), 1.0 / total.clamp_min(1e-38), 0.0)  # (G, c)
-        first[:, :hi] += torch.bmm((start[:, lo:hi] * weight)[:, None], block)[:, 0]  # (G, hi)
-        blocks.append((lo, block, weight))
-    return first, blocks
+        if hi - lo not in masks:
+            masks[hi - lo] = torch.full((hi - lo, hi - lo), float("-inf"), device=q.device).triu_(1)
+        chunk = qf[:, :, lo:hi].flatten(1, 2)  # (G_kv, group*c, D)
+        visible = None if keys is None else keys[:, :hi]
+        probs = _chunk_probs(chunk, kt[:, :, :hi], masks[hi - lo], scale, visible, buffers)  # (G, c, hi)
+        w = None if weight is None else weight[:, :, lo:hi]  # (G, 1, c)
+        own = _diagonal_iterations(pis[:, :, lo:hi], probs[:, :, lo:], w)  # (G, T + 1, c), final
+        pis[:, :, lo:hi] = own
+        if lo:  # (G, T, c) x (G, c, lo): every iteration's mass to the keys before the chunk
+            src = own[:, :iterations] if w is None else own[:, :iterations] * w
+            pis[:, 1:, :lo].add_(torch.bmm(src, probs[:, :, :lo]))
+    return pis[:, iterations]
 
 
-def _propagate(pi: torch.Tensor, blocks: list[tuple[int, torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    """One power-iteration step ``pi M`` over the stored row chunks of M.
+def _diagonal_iterations(pis: torch.Tensor, diag: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """Complete ``pi_1 .. pi_T`` on a chunk's rows from its diagonal tile.
 
     Args:
-        pi: Current distribution, shape (G, N).
-        blocks: The chunks from :func:`_sharpened_blocks`.
+        pis: ``pi_0 .. pi_T`` on the chunk's rows, shape (G, T + 1, c): ``pi_0`` final, the others holding the mass
+            of every later chunk.
+        diag: The chunk's probabilities towards its own rows, shape (G, c, c).
+        weight: 1 for the rows that pass mass on and 0 for the others, shape (G, 1, c), or ``None`` for all.
 
     Returns:
-        ``pi M``, shape (G, N).
+        The final ``pi_0 .. pi_T`` on the chunk's rows, shape (G, T + 1, c).
     """
-    out = torch.zeros_like(pi)  # (G, N)
-    for lo, block, weight in blocks:
-        c, hi = block.shape[1], block.shape[2]
-        out[:, :hi] += torch.bmm((pi[:, lo : lo + c] * weight)[:, None], block)[:, 0]  # (G, hi)
-    return out
+    out = [pis[:, :1]]  # (G, 1, c)
+    for t in range(1, pis.shape[1]):
+        src = out[-1] if weight is None else out[-1] * weight
+        out.append(torch.baddbmm(pis[:, t : t + 1], src, diag))  # (G, 1, c)
+    return torch.cat(out, 1)
 
 
 @torch.no_grad()
