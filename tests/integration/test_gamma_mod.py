@@ -91,3 +91,27 @@ def test_flops_prediction_counts_the_capacity_at_mod_layers():
     s = tokred.create_strategy("gamma-mod", capacity=0.25)
     tokens = predict_tokens_per_layer(s, num_layers=8, text_tokens=10, visual_tokens=100)
     assert tokens == [110, 110, 110, 35, 35, 35, 35, 110]
+
+
+def test_router_gets_a_gradient_through_the_mlp_weight_and_the_aux_loss(tmp_path):
+    from tokred.eval.train_router import router_loss
+
+    model, make = _cached("llava")
+    inputs = make(batch=2)
+    path = _router_file(tmp_path, int(model.config.text_config.hidden_size))
+    model.requires_grad_(False)  # the frozen LLM of train_router
+    with patch(model, "gamma-mod", router=str(path), skip_first=1, skip_last=1) as handle:
+        router = handle.strategy.router
+        router.linear.requires_grad_(True)
+        router.record = []
+        model(**inputs).logits[:, -1].logsumexp(-1).sum().backward(retain_graph=True)
+        lm_grad = router.linear.weight.grad.clone()
+        routable = routable_mask(
+            select_adapter(model).visual_mask(inputs["input_ids"]), inputs["attention_mask"].bool()
+        )
+        router.linear.weight.grad = None
+        router_loss(router.record, handle.stats.routed_indices, routable).backward()
+        router.record = None
+    assert lm_grad.abs().sum() > 0, "the LM loss does not reach the router (MLP x weight)"
+    model.requires_grad_(True)
+    assert router.linear.weight.grad.abs().sum() > 0

@@ -101,6 +101,19 @@ class PatchHandle:
         """Statistics of the last prefill (see [`ReductionStats`][tokred.ReductionStats])."""
         return self._state.stats
 
+    def mark_prompt(self, visual: torch.Tensor, real: torch.Tensor | None = None) -> None:
+        """Mark the visual (and real) tokens of the next prefill, for a caller that runs the decoder itself on
+        ``inputs_embeds`` (training on packed sequences: the base-model hook that finds them in ``input_ids`` does
+        not run then).
+
+        Args:
+            visual: Visual tokens of the sequence the decoder will receive, shape (B, N) bool.
+            real: Real (non-padding) tokens, shape (B, N) bool; default: all.
+        """
+        st = self._state
+        st.pending_visual, st.pending_pad = visual.bool(), None if real is None else real.bool()
+        st.pending_visual_in = int(visual.sum())
+
     def remove(self) -> None:
         """Undo the patch exactly.
 
