@@ -60,7 +60,8 @@ VARIANT_DEFAULTS: dict[str, tuple[float, tuple[int, int], int]] = {
 def resolve_variant(variant: Variant) -> str:
     """The variant whose defaults apply to images: ``"auto"`` is ``"image"`` there; its components switch to the
     ``"video"`` defaults for a video input (``for_video``: the pre-LLM stage on video frames, the in-LLM stage on a
-    prompt with video, ``tokred flops`` with several frames)."""
+    prompt with video, both on images the caller marks as one clip's frames (``images_as_clip``), ``tokred flops``
+    with several frames)."""
     return "image" if variant == "auto" else variant
 
 
@@ -201,7 +202,7 @@ class _PruneOptions(ComponentConfig):
     variant: Variant = Field(
         "auto",
         description="Paper defaults to use: image (keep 0.4375, (13, 21) of 32 layers), video (keep 0.25 per frame, "
-        "(14, 22) of 28 layers), auto = image for images, video for video frames.",
+        "(14, 22) of 28 layers), auto = image for images, video for video frames (or images_as_clip).",
     )
     l1: int | None = Field(
         None, ge=1, description="Last 1-indexed layer keeping all visual tokens; None = the variant's, depth-scaled."
@@ -268,7 +269,7 @@ class _MergeOptions(ComponentConfig):
     variant: Variant = Field(
         "auto",
         description="Paper defaults to use: image (keep 0.4375: 576 -> 288 -> 252), video (keep 0.25 per frame: "
-        "196 -> 98 -> 49), auto = image for images, video for video frames.",
+        "196 -> 98 -> 49), auto = image for images, video for video frames (or images_as_clip).",
     )
     keep_ratio: float = Field(
         0.4375,
@@ -302,7 +303,8 @@ class AimMergeStrategy(Strategy):
     """AIM's merging alone: similarity-based bipartite merging of each image's tokens before the LLM.
 
     ``variant`` picks the paper's keep ratio: ``image`` 0.4375 (576 -> 288 -> 252, LLaVA-1.5), ``video`` 0.25 per
-    frame (196 -> 98 -> 49, LLaVA-OneVision); ``auto`` is ``image`` for images and ``video`` for video frames.
+    frame (196 -> 98 -> 49, LLaVA-OneVision); ``auto`` is ``image`` for images and ``video`` for video frames (or
+    images marked ``images_as_clip``).
     """
 
     name = "aim-merge"
@@ -318,7 +320,8 @@ class AimPruneStrategy(Strategy):
     """AIM's pruning alone: PageRank importance per layer, visual tokens kept on the linear l1 -> l2 schedule.
 
     ``variant`` picks the paper's default (l1, l2): ``image`` (13, 21) of 32 layers, ``video`` (14, 22) of 28, each
-    scaled proportionally to other depths; ``auto`` is ``image``, or ``video`` for a prompt with video.
+    scaled proportionally to other depths; ``auto`` is ``image``, or ``video`` for a prompt with video (or images
+    marked ``images_as_clip``).
     """
 
     name = "aim-prune"
@@ -338,7 +341,10 @@ class AimStrategy(Strategy):
     252 (keep 0.4375) and prunes on (13, 21) of 32 layers; ``video`` (LLaVA-OneVision-7B) merges each frame to 25 %
     (196 -> 98 -> 49) and prunes on (14, 22) of 28 layers. Other depths scale the variant's (l1, l2). ``auto``
     (default) picks by input: ``image`` for images, ``video`` for the frames of a video input (and for a prompt with
-    video, its (l1, l2)); explicit ``keep_ratio``/``l1``/``l2`` apply to both.
+    video, its (l1, l2)). A model without a video input receives a clip as a sequence of images, which tokred cannot
+    tell from several images: ``tokred.patch(..., images_as_clip=True)`` (or ``handle.images_as_clip``, per call)
+    says they are one clip's frames, and ``video`` applies (``tokred compare`` sets it for video datasets). Explicit
+    ``keep_ratio``/``l1``/``l2`` apply to both.
     """
 
     name = "aim"
@@ -349,7 +355,7 @@ class AimStrategy(Strategy):
         variant: Variant = Field(
             "auto",
             description="Paper defaults to use: image (keep 0.4375, (13, 21) of 32 layers), video (keep 0.25 per "
-            "frame, (14, 22) of 28 layers), auto = image for images, video for video frames.",
+            "frame, (14, 22) of 28 layers), auto = image for images, video for video frames (or images_as_clip).",
         )
 
     config: AimStrategy.Config

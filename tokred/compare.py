@@ -481,13 +481,20 @@ def batches(items: Sequence[Sample], size: int) -> Iterator[list[Sample]]:
         yield list(items[i : i + size])
 
 
-def patched(model: Any, strategy: Strategy) -> Any:
-    """``tokred.patch`` as a context manager (no patch at all for the baseline, which must be bitwise unchanged)."""
+def patched(model: Any, strategy: Strategy, clip: bool = False) -> Any:
+    """``tokred.patch`` as a context manager (no patch at all for the baseline, which must be bitwise unchanged);
+    ``clip``: the prompts' images are the frames of one clip (`is_clip`)."""
     import tokred
 
     if strategy.name == BASELINE:
         return nullcontext(None)
-    return tokred.patch(model, strategy)
+    return tokred.patch(model, strategy, images_as_clip=clip)
+
+
+def is_clip(samples: Sequence[Sample]) -> bool:
+    """Whether ``samples`` are video clips, whose frames the runners feed as a sequence of images (the generic
+    path): the patch is told so (``images_as_clip``), and video variants apply (AIM ``variant="auto"``)."""
+    return bool(samples) and samples[0].frames is not None
 
 
 def _tokens_per_sample(handle: Any, text: list[int], visual: list[int], layers: int) -> list[list[int]]:
@@ -518,7 +525,7 @@ def evaluate_variant(
     text_cfg = text_config_of(runner.model)
     layers = int(text_cfg.num_hidden_layers)
     done = 0
-    with patched(runner.model, variant.strategy) as handle:
+    with patched(runner.model, variant.strategy, is_clip(samples)) as handle:
         for chunk in batches(samples, settings.batch_size):
             inputs = runner.encode(chunk)
             text, visual = prompt_counts(runner, inputs)
@@ -593,10 +600,10 @@ def measure_costs(
     batch = runner.encode(_cycle(samples, settings.batch_size))
     n_new, repeats = settings.timing_new_tokens, settings.timing_repeats
     jobs = {"t1": (one, 1), "tn": (one, n_new), "batch": (batch, settings.max_new_tokens)}
-    timed = interleaved(runner, configs, jobs, repeats)
+    timed = interleaved(runner, configs, jobs, repeats, is_clip(samples))
     costs = {}
     for c in configs:
-        with patched(runner.model, c.strategy):
+        with patched(runner.model, c.strategy, is_clip(samples)):
             memory = peak_prefill_memory(runner, one)
         row = _cost_row(timed["t1"][config_key(c)], timed["tn"][config_key(c)], n_new, memory)
         row["throughput_samples_per_s"] = settings.batch_size / _median(timed["batch"][config_key(c)])
@@ -614,7 +621,7 @@ def batch_latency_table(
     for size in settings.batch_sizes:
         inputs = runner.encode(_cycle(samples, size))
         jobs = {"batch": (inputs, settings.max_new_tokens)}
-        timed = interleaved(runner, configs, jobs, settings.timing_repeats)["batch"]
+        timed = interleaved(runner, configs, jobs, settings.timing_repeats, is_clip(samples))["batch"]
         for p in points:
             latency = _median(timed[config_key(p)])
             table.append(
@@ -635,11 +642,12 @@ def interleaved(
     configs: Sequence[Variant],
     jobs: dict[str, tuple[dict[str, torch.Tensor], int]],
     repeats: int,
+    clip: bool = False,
 ) -> dict[str, dict[str, list[float]]]:
     """Wall times of ``generate`` per job and config; a job is (inputs, exactly this many new tokens).
 
     One warm-up round, then ``repeats`` rounds, each starting at the next config so that no config is always first;
-    within a round a config runs every job under one patch.
+    within a round a config runs every job under one patch (``clip``: the inputs' images are frames of one clip).
 
     Returns:
         ``{job: {config_key: [seconds per round]}}``.
@@ -648,7 +656,7 @@ def interleaved(
     for r in range(repeats + 1):  # round 0 is the warm-up
         order = list(configs[r % len(configs) :]) + list(configs[: r % len(configs)])
         for c in order:
-            with patched(runner.model, c.strategy):
+            with patched(runner.model, c.strategy, clip):
                 seconds = {job: _timed_generate(runner, inputs, n_new) for job, (inputs, n_new) in jobs.items()}
             if r > 0:
                 for job, value in seconds.items():
@@ -1013,7 +1021,7 @@ def _run(
     if settings.match is not None:
         points = match_budgets(variants, settings, (text[0], visual[0]), runner)
     for point in distinct_configs(points):  # what only the model can refuse (depth, family) fails before any sample
-        with patched(runner.model, point.strategy):
+        with patched(runner.model, point.strategy, is_clip(samples)):
             pass
     wanted = {s.id for s in samples}
     for point in points:
@@ -1069,12 +1077,12 @@ def kept_patch_picture(runner: Runner, points: list[Variant], samples: Sequence[
     if grid is None or not samples:
         return None
     inputs = runner.encode(samples)
-    depths, groups = survival_maps(runner, points, inputs)
+    depths, groups = survival_maps(runner, points, inputs, is_clip(samples))
     return kept_patch_figure(model_view(runner, inputs, samples), depths, grid, path, groups)
 
 
 def survival_maps(
-    runner: Runner, points: Sequence[Variant], inputs: dict[str, torch.Tensor]
+    runner: Runner, points: Sequence[Variant], inputs: dict[str, torch.Tensor], clip: bool = False
 ) -> tuple[dict[str, list[list[float] | None]], dict[str, list[list[int] | None]]]:
     """Per point and sample, one prefill each: the share of decoder layers that process each patch's token (see
     [`survival_depth`][tokred.plots.survival_depth]) and the token each patch went into (see
@@ -1090,7 +1098,7 @@ def survival_maps(
     depths: dict[str, list[list[float] | None]] = {}
     groups: dict[str, list[list[int] | None]] = {}
     for p in points:
-        with patched(runner.model, p.strategy) as handle, torch.inference_mode():
+        with patched(runner.model, p.strategy, clip) as handle, torch.inference_mode():
             runner.model.generate(**inputs, max_new_tokens=1, do_sample=False)
             stats = None if handle is None else handle.stats
         depths[p.id] = [survival_depth(stats, ids, image_id, b, layers) for b in range(ids.shape[0])]

@@ -167,3 +167,84 @@ def test_evs_on_frames_as_images_and_flops_prediction():
         evs, num_layers=4, text_tokens=text, visual_tokens=64, images=FRAMES, grid=(8, 8), video=True
     )
     assert stats.tokens_per_layer == want and stats.visual_tokens_out == 64
+
+
+def test_aim_auto_on_frames_as_images_follows_the_clip_hint():
+    """The generic path: with ``images_as_clip`` AIM's auto variant merges each frame to 25 % (video), like the
+    reference per-frame merge; without the hint the images get the image defaults (0.4375)."""
+    model, make = _model("llava")
+    inputs = make(batch=1, frames=FRAMES)
+    text = int((inputs["input_ids"][0] != tokred.testing.models.IMAGE_ID).sum())
+    aim = tokred.create_strategy("aim")
+    kw = dict(num_layers=4, text_tokens=text, visual_tokens=64, images=FRAMES, grid=(8, 8))
+    _, _, plain = _llm_inputs(model, inputs, "aim", {})
+    ids, embeds, clip = _llm_inputs(model, inputs, "aim", dict(images_as_clip=True))
+    assert plain.tokens_per_layer[0] == text + FRAMES * 28, "images: 64 -> 32 -> 28 (0.4375)"
+    assert clip.tokens_per_layer[0] == text + FRAMES * 16, "frames: 64 -> 32 -> 16 (25 %)"
+    assert plain.tokens_per_layer == predict_tokens_per_layer(aim, **kw)
+    assert clip.tokens_per_layer == predict_tokens_per_layer(aim, video=True, **kw)
+    expected = _ref_aim(_video_features(model, inputs, "llava"), 0.25)  # (T, 16, C)
+    got = embeds[_visual_rows(ids, "llava")]
+    torch.testing.assert_close(got, expected.reshape(-1, expected.shape[-1]), rtol=0, atol=1e-5)
+
+
+def test_images_as_clip_is_set_per_call_and_reaches_the_schedule():
+    """The handle's flag can change between calls; it selects the scheduler's video variant too."""
+    model, make = _model("llava")
+    inputs = make(batch=1, frames=FRAMES)
+    one_shot = type(tokred.create_component("scheduler", "one-shot", layer=2, keep_ratio=0.5))
+
+    class ClipSchedule(one_shot):  # type: ignore[misc, valid-type]
+        def for_video(self):
+            return one_shot(layer=1, keep_ratio=0.25)
+
+    strategy = tokred.compose(
+        scorer=tokred.create_component("scorer", "aim"), scheduler=ClipSchedule(layer=2, keep_ratio=0.5)
+    )
+    n = FRAMES * 64
+    runs = []
+    with tokred.patch(model, strategy) as handle:
+        assert handle.images_as_clip is False
+        for flag in (False, True, False):
+            handle.images_as_clip = flag
+            with torch.no_grad():
+                model(**inputs)
+            runs.append(handle.stats.visual_tokens_per_layer)
+    assert runs[0] == runs[2] == [n, n, n // 2, n // 2]
+    assert runs[1] == [n, n // 4, n // 4, n // 4]
+
+
+def test_compare_tells_the_patch_that_video_samples_are_clips():
+    """`tokred compare` feeds a clip's frames as images and sets ``images_as_clip`` for video samples: AIM's auto
+    variant then keeps 25 % per frame; image samples keep the image defaults."""
+    from PIL import Image
+
+    from tokred.compare import CompareSettings, Variant, evaluate_variant, is_clip
+    from tokred.eval.datasets import Sample
+
+    model, make = _model("llava")
+
+    class FramesRunner:  # every prompt is FRAMES images of the tiny generic model: a clip's frames, or FRAMES images
+        image_token_id = tokred.testing.models.IMAGE_ID
+        image_grid = frame_grid = (8, 8)
+
+        def __init__(self):
+            self.model = model
+
+        def encode(self, samples):
+            return make(batch=len(samples), frames=FRAMES)
+
+        def decode(self, generated):
+            return ["0"] * generated.shape[0]
+
+    img = Image.new("RGB", (8, 8))
+    clip = Sample(img, "q", ["0"], "default", "clip", frames=[img] * FRAMES)
+    still = Sample(img, "q", ["0"], "default", "still")
+    assert is_clip([clip]) and not is_clip([still]) and not is_clip([])
+    settings = CompareSettings(model="tiny", batch_size=1, max_new_tokens=1)
+    records = []
+    for sample in (clip, still):
+        evaluate_variant(
+            FramesRunner(), Variant("aim", tokred.create_strategy("aim")), [sample], settings, records.extend
+        )
+    assert [r["visual_into_llm"] for r in records] == [FRAMES * 16, FRAMES * 28]

@@ -97,6 +97,22 @@ class PatchHandle:
         return None if self._kv is None else list(self._kv.tokens_per_layer)
 
     @property
+    def images_as_clip(self) -> bool:
+        """Whether the images of each prompt are the frames of one clip (default ``False``; settable per call).
+
+        On the generic path a model without a video input receives a clip as a sequence of images, which tokred
+        cannot tell from several images. Set this to ``True`` for such prompts and the strategy treats them as
+        video: per-frame mergers use their video variant (``for_video``; AIM ``variant="auto"``: 25 % per frame) and
+        in-LLM schedules theirs (AIM's video ``(l1, l2)``). Temporal mergers (EVS) take a sample's images as one
+        clip either way; a prompt with a real video input ignores the flag.
+        """
+        return self._state.images_as_clip
+
+    @images_as_clip.setter
+    def images_as_clip(self, value: bool) -> None:
+        self._state.images_as_clip = bool(value)
+
+    @property
     def stats(self) -> ReductionStats:
         """Statistics of the last prefill (see [`ReductionStats`][tokred.ReductionStats])."""
         return self._state.stats
@@ -326,7 +342,8 @@ class PatchHandle:
                 visual = visual.clone()
                 visual[frames] = ~structural.to(ids.device)
         self._state.pending_visual = visual
-        self._state.pending_video = bool(self.adapter.video_placeholder_mask(ids).any())
+        st = self._state
+        st.pending_video = bool(self.adapter.video_placeholder_mask(ids).any()) or st.images_as_clip
         mask = call.attention_mask
         self._state.pending_pad = mask if torch.is_tensor(mask) and mask.dim() == 2 else None
         self._state.pending_visual_in = int(visual.sum())
@@ -399,7 +416,12 @@ def _check_routing(strategy: Strategy, adapter: Any, model: Any) -> None:
 
 
 def patch(
-    model: Any, strategy: str | Strategy = "none", *, attn_implementation: str | None = None, **options: Any
+    model: Any,
+    strategy: str | Strategy = "none",
+    *,
+    attn_implementation: str | None = None,
+    images_as_clip: bool = False,
+    **options: Any,
 ) -> PatchHandle:
     """Instrument ``model`` with a token-reduction strategy.
 
@@ -409,6 +431,8 @@ def patch(
         strategy: A registered strategy name or a ready [`Strategy`][tokred.Strategy].
         attn_implementation: Attention kernel the scorers wrap (``"sdpa"`` or ``"eager"``); default: the model's.
             FlashAttention-2 raises ``UnsupportedModeError``.
+        images_as_clip: The images of each prompt are the frames of one clip (a model without a video input fed a
+            clip as images): video variants apply (see [`PatchHandle.images_as_clip`][tokred.PatchHandle]).
         **options: Strategy options, validated by its ``Config`` (only with a strategy name).
 
     Returns:
@@ -461,5 +485,6 @@ def patch(
             + "; ".join(reasons)
         )
     handle = PatchHandle(model, strat, adapter, attn_implementation)
+    handle.images_as_clip = images_as_clip
     handle._install()
     return handle

@@ -255,12 +255,14 @@ class PreLLMStage:
             else None
         )
         grids = self.adapter.feature_grids(enc, counts)
-        metrics = self.image_metrics(counts)
+        clip = video is None and bool(feats) and self.state.images_as_clip  # images the caller marked as frames
+        merger = self.merger.for_video() if clip and self.merger is not None else self.merger
+        metrics = self.image_metrics(counts) if merger is self.merger else [None] * len(counts)
         texts = self.image_texts(kwargs, orig or counts)
         tokens = self.text_tokens if self.merger is not None and self.merger.uses_text else [None] * len(texts)
         towers = self.tower.contexts(out, counts) if self.tower is not None else [None] * len(counts)
         plans = [
-            plan_image(f, self.adapter.text_like_rows(f), g, self.merger, m, t, tw, text_tokens=tt)
+            plan_image(f, self.adapter.text_like_rows(f), g, merger, m, t, tw, text_tokens=tt)
             for f, g, m, t, tw, tt in zip(feats, grids, metrics, texts, towers, tokens)
         ]
         if orig is not None:  # the vision tower merged: outputs stand for the first slots of each image
@@ -305,7 +307,7 @@ class PreLLMStage:
         self.state.pending_visual = visual | other
         self.state.pending_pad = new.attention_mask.bool()
         self.state.pending_visual_in = int(self.adapter.visual_mask(ids).sum())
-        self.state.pending_video = video is not None
+        self.state.pending_video = video is not None or clip
         return new.kwargs
 
     def _reduce_injected(self, out: Any, plans: list[ImagePlan]) -> None:

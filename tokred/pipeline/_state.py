@@ -81,6 +81,7 @@ class RunState:
         self.pending_pad: torch.Tensor | None = None  # (B, N) bool
         self.pending_visual_in = 0
         self.pending_video = False  # the next prefill's prompt has video input (set by the pre-LLM stage)
+        self.images_as_clip = False  # the caller says a prompt's images are the frames of one clip (the handle's)
         self.video = False
         self.pending_provenance: list[tuple[int, torch.Tensor]] = []
         self.prepared_provenance: list[tuple[int, torch.Tensor]] = []
