@@ -51,3 +51,4 @@ def test_show_aim_names_the_variant_and_its_defaults():
     assert info["components"]["scheduler"]["config"]["variant"] == "image"
     text = CliRunner().invoke(app, ["show", "aim"]).stdout
     assert "video" in text and "0.4375" in text
+    assert "images_as_clip" in text, "how to say that a prompt's images are one clip's frames (the generic path)"
