@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from tokred._components import Strategy
 from tokred.adapters import hf
@@ -50,6 +50,9 @@ class CompareSettings(BaseModel):
     model: str | None = Field(None, description="Model: None = the built-in reference model; 'tiny' for tests.")
     dataset: str = Field("shapes", description="'shapes' (built-in benchmark) or a JSONL file.")
     split: str = Field("test", description="Split of the built-in benchmark.")
+    frames: int | None = Field(
+        None, ge=8, le=32, description="Frames per clip of the built-in shapes-video benchmark (default 8)."
+    )
     limit: int | None = Field(300, ge=1, description="Evaluate only the first N samples.")
     batch_size: int = Field(8, ge=1, le=512, description="Samples per generate() call (left-padded).")
     seed: int = Field(0, ge=0, description="Seed for the bootstrap and any seeded strategy.")
@@ -87,6 +90,14 @@ class CompareSettings(BaseModel):
     def _targets_in_range(cls, value: Any) -> Any:
         if value is not None:
             check_targets(value[0], value[1])
+        return value
+
+    @field_validator("frames")
+    @classmethod
+    def _frames_need_video(cls, value: int | None, info: ValidationInfo) -> int | None:
+        dataset = str(info.data.get("dataset", ""))
+        if value is not None and not dataset.startswith("shapes-video"):
+            raise ValueError(f"applies to --dataset shapes-video only, not {dataset!r}")
         return value
 
     @field_validator("batch_sizes")
@@ -992,7 +1003,7 @@ def run_compare(settings: CompareSettings, progress: Progress | None = None) -> 
     check_settings(settings)
     variants = build_variants(settings)
     check_model(settings.model)
-    dataset = load_dataset(settings.dataset, split=settings.split, limit=settings.limit)
+    dataset = load_dataset(settings.dataset, split=settings.split, limit=settings.limit, frames=settings.frames)
     if len(dataset) == 0:
         from tokred.eval.datasets import DatasetError
 
@@ -1019,7 +1030,7 @@ def _run(
     text, visual = prompt_counts(runner, runner.encode(samples[:1]))
     points = variants
     if settings.match is not None:
-        points = match_budgets(variants, settings, (text[0], visual[0]), runner)
+        points = match_budgets(variants, settings, (text[0], visual[0]), runner, video=samples[0].frames is not None)
     for point in distinct_configs(points):  # what only the model can refuse (depth, family) fails before any sample
         with patched(runner.model, point.strategy, is_clip(samples)):
             pass
@@ -1073,7 +1084,7 @@ def kept_patch_picture(runner: Runner, points: list[Variant], samples: Sequence[
     images form a token grid; ``None`` otherwise)."""
     from tokred.plots import kept_patch_figure
 
-    grid = runner.image_grid
+    grid = runner.frame_grid if samples and samples[0].frames is not None else runner.image_grid
     if grid is None or not samples:
         return None
     inputs = runner.encode(samples)

@@ -110,8 +110,8 @@ def test_frames_option_makes_longer_clips_and_is_bounded():
     clip, q = sv.item(2_000_004, frames=16)
     assert clip.frames == 16 and len(clip.states) == 16 and q.qtype == "frames"
     assert 0 <= int(q.answer) <= 16
-    for bad in (7, 17):
-        with pytest.raises(ValueError, match="outside 8..16"):
+    for bad in (7, 33):
+        with pytest.raises(ValueError, match="outside 8..32"):
             sv.generate_clip(0, frames=bad)
 
 
@@ -140,3 +140,19 @@ def test_load_dataset_resolves_shapes_video():
     assert load_dataset("shapes-video:val", limit=1).name == "shapes-video:val"
     with pytest.raises(DatasetError, match="dataset shapes-video: unknown split 'dev'"):
         load_dataset("shapes-video:dev")
+
+
+def test_compare_frames_option_is_validated_and_reaches_the_dataset():
+    """``tokred compare --frames N`` sizes the shapes-video clips (8-32) and is refused for image datasets."""
+    from tokred.cli.compare import settings_from_flags
+    from tokred.errors import ConfigError
+    from tokred.eval.datasets import load_dataset
+
+    clip = load_dataset("shapes-video", limit=1, frames=32)[0]
+    assert clip.frames is not None and len(clip.frames) == 32
+    assert len(load_dataset("shapes-video", limit=1)[0].frames or []) == sv.DEFAULT_FRAMES
+    assert settings_from_flags(dataset="shapes-video", frames=16).frames == 16
+    with pytest.raises(ConfigError, match="--frames 16: applies to --dataset shapes-video only"):
+        settings_from_flags(dataset="shapes", frames=16)
+    with pytest.raises(ConfigError, match="--frames 40: out of range"):
+        settings_from_flags(dataset="shapes-video", frames=40)

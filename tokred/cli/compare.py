@@ -126,6 +126,9 @@ def compare_command(
     model: Annotated[str | None, typer.Option(help="Model path or hub id; default: built-in reference model.")] = None,
     dataset: Annotated[str, typer.Option(help="'shapes', 'shapes-video' (built-in) or a JSONL file.")] = "shapes",
     split: Annotated[str, typer.Option(help="Split of the built-in benchmark.")] = "test",
+    frames: Annotated[
+        int | None, typer.Option(help="Frames per clip of --dataset shapes-video (8-32; default 8).")
+    ] = None,
     limit: Annotated[int | None, typer.Option(help="Evaluate the first N samples.")] = 300,
     batch_size: Annotated[int, typer.Option(help="Samples per generate() call.")] = 8,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
@@ -179,6 +182,8 @@ def compare_command(
     tokred compare -s fastv -s random --match flops=0.25 --output runs/quarter --plot
     tokred compare -s aim,fastv,random,pooling --match flops=0.15,0.25,0.4 --plot --output runs/sweep
     tokred compare -s fastv@keep_ratio=0.25 -s fastv@keep_ratio=0.5 --limit 50 --format json
+    tokred compare --dataset shapes-video -s aim,evs,pooling,random --match flops=0.25
+    tokred compare --dataset shapes-video --frames 32 -s aim,evs --limit 20
     tokred compare --model llava-hf/llava-1.5-7b-hf --dataset my.jsonl -s aim
     """
     from tokred.compare import parse_spec, run_compare
@@ -196,6 +201,7 @@ def compare_command(
         model=model,
         dataset=dataset,
         split=split,
+        frames=frames,
         limit=limit,
         batch_size=batch_size,
         seed=seed,

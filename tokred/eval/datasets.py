@@ -351,7 +351,12 @@ def dataset_hash(dataset: ShapesDataset | ShapesVideoDataset | JsonlDataset) -> 
 
 
 def load_dataset(
-    name_or_path: str | Path, split: str = "test", limit: int | None = None, *, strict: bool = False
+    name_or_path: str | Path,
+    split: str = "test",
+    limit: int | None = None,
+    *,
+    strict: bool = False,
+    frames: int | None = None,
 ) -> ShapesDataset | ShapesVideoDataset | JsonlDataset:
     """Load a built-in benchmark (``shapes``, ``shapes-video``) or a user JSONL file.
 
@@ -361,6 +366,7 @@ def load_dataset(
         split: Split of a built-in benchmark (ignored for JSONL files).
         limit: Keep only the first ``limit`` samples.
         strict: For JSONL, raise :class:`DatasetError` listing the bad lines instead of skipping them.
+        frames: Frames per clip of ``shapes-video`` (default :data:`tokred.eval.shapes_video.DEFAULT_FRAMES`).
 
     Returns:
         The dataset.
@@ -375,7 +381,7 @@ def load_dataset(
         if ":" in name:
             split = name.split(":", 1)[1]
         try:
-            return ShapesVideoDataset(split=split, limit=limit)
+            return ShapesVideoDataset(split=split, limit=limit, frames=frames or shapes_video.DEFAULT_FRAMES)
         except ValueError as e:
             raise DatasetError(f"dataset shapes-video: {e}") from None
     if name == "shapes" or name.startswith("shapes:"):

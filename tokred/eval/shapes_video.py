@@ -53,7 +53,7 @@ __all__ = [
 
 DEFAULT_SEED = 20261201
 DEFAULT_FRAMES = 8
-MIN_FRAMES, MAX_FRAMES = 8, 16
+MIN_FRAMES, MAX_FRAMES = 8, 32
 QTYPES: tuple[str, ...] = ("appear", "disappear", "direction", "colour", "frames")
 ANSWER_SETS: dict[str, tuple[str, ...]] = {
     "appear": SHAPES + tuple(COLOURS),
