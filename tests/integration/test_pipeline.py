@@ -83,7 +83,7 @@ def test_pruned_layer_cache_holds_only_kept_tokens(tiny, strategy, options):
         out = model.generate(**inputs, max_new_tokens=3, do_sample=False, return_dict_in_generate=True)
         cache = hf.output_cache(out)
         kv = [i for i, layer in enumerate(cache.layers) if getattr(layer, "keys", None) is not None]
-        lengths = [cache.layers[i].keys.shape[-2] for i in kv]  # hybrid decoders: state layers hold no tokens
+        lengths = [cache.layers[i].get_seq_length() for i in kv]  # hybrid decoders: state layers hold no tokens
         tokens = handle.stats.tokens_per_layer
     generated = 2  # the last token is never fed back
     assert kv[0] == 0 and lengths == [tokens[i] + generated for i in kv]

@@ -1,6 +1,7 @@
 """Hybrid decoders (issue 14 item 4): in-LLM pruning on decoders whose linear-attention (Qwen3.5 GatedDeltaNet) or
 convolution (LFM2 short conv) layers keep one state per sequence, in their real order (state layers before and after
-the pruning layer); what stays refused is refused at patch time, the model untouched."""
+the pruning layer); what stays refused is refused at patch time, the model untouched. Also the attention kinds whose
+per-token cache may evict by physical position (reference sliding attention): guarded like sliding windows."""
 
 from __future__ import annotations
 
@@ -97,3 +98,23 @@ def test_pre_llm_reduction_needs_no_attention_layer_before_it():
     with tokred.patch(model, "random", layer=0, keep_ratio=0.5) as handle, torch.no_grad():
         model(**inputs)
     assert max(handle.stats.tokens_per_layer) < inputs["input_ids"].shape[1]
+
+
+def test_reference_sliding_window_is_guarded_like_a_sliding_window():
+    """Unlimited-OCR's reference sliding attention caches like a sliding window for decoded tokens: pruning is
+    refused, before the prefill runs, once the sequence reaches the window (here shrunk below the prompt)."""
+    if "unlimited_ocr" not in image_text_families():
+        pytest.skip("this transformers has no unlimited_ocr")
+    from conftest import _cached
+
+    model, make = _cached("unlimited_ocr")
+    inputs = make(batch=1)
+    text = model.config.get_text_config()
+    window, text.sliding_window = text.sliding_window, inputs["input_ids"].shape[1] - 2
+    try:
+        with tokred.patch(model, "fastv", layer=2, keep_ratio=0.5) as handle:
+            assert handle.adapter.sliding_windows() == [text.sliding_window] * 4
+            with pytest.raises(tokred.UnsupportedModeError, match="sliding window"), torch.no_grad():
+                model(**inputs)
+    finally:
+        text.sliding_window = window

@@ -22,6 +22,17 @@ import torch
 from tokred.adapters import hf
 from tokred.errors import UnsupportedModelError
 
+#: ``layer_types`` of attention layers whose cache is per-token keys and values that a layer builds from the tokens it
+#: sees (so a pruned layer holds its kept tokens), with the config field of the window that cache may evict by
+#: physical position (tokred refuses sequences that reach it, as for sliding windows). Reference sliding attention
+#: (Unlimited-OCR's R-SWA) keeps every prefill token and a window of decoded ones: within the window it is causal
+#: attention, and its mask is sized from the first such layer (layer 0, never pruned).
+KV_LAYER_TYPES: dict[str, str | None] = {
+    "full_attention": None,
+    "sliding_attention": "sliding_window",
+    "reference_sliding_attention": "sliding_window",
+}
+
 
 @dataclass(frozen=True)
 class LayerPlan:
@@ -235,7 +246,7 @@ class ModelAdapter:
         return reasons
 
     def attention_layers(self) -> list[int]:
-        """Indices of the decoder layers that are (full or sliding-window) attention layers."""
+        """Indices of the decoder layers that are attention layers with a per-token KV cache (`KV_LAYER_TYPES`)."""
         odd = dict(self.non_attention_layers())
         return [i for i in range(self.num_layers) if i not in odd]
 
@@ -245,9 +256,10 @@ class ModelAdapter:
         return hf.injects_visual_features(self.decoder)
 
     def non_attention_layers(self) -> list[tuple[int, str]]:
-        """``(index, kind)`` of every decoder layer that is not (full or sliding-window) attention."""
+        """``(index, kind)`` of every decoder layer that is not an attention layer with a per-token KV cache
+        (`KV_LAYER_TYPES`)."""
         layer_types = list(getattr(self.text_config, "layer_types", None) or [])
-        return [(i, t) for i, t in enumerate(layer_types) if t not in ("full_attention", "sliding_attention")]
+        return [(i, t) for i, t in enumerate(layer_types) if t not in KV_LAYER_TYPES]
 
     @property
     def recomputes_mrope(self) -> bool:
@@ -332,7 +344,8 @@ class ModelAdapter:
             return [window if window and getattr(self.text_config, "use_sliding_window", False) else None] * len(
                 self.decoder.layers
             )
-        return [window if t == "sliding_attention" else None for t in types]
+        fields = [KV_LAYER_TYPES.get(t) for t in types]
+        return [getattr(self.text_config, f, None) if f else None for f in fields]
 
     # ------------------------------------------------------------------------------------- features
 

@@ -46,6 +46,11 @@ _CONFIG_EXTRAS: dict[str, dict[str, Any]] = {
     "qwen2_5_omni_thinker": {"vision_start_token_id": 151652},
     "qwen3_omni_moe_thinker": {"vision_start_token_id": 151652},
 }
+#: Per-family LLM config values after shrinking, where the family's code supports less than the tiny defaults.
+_TEXT_EXTRAS: dict[str, dict[str, Any]] = {
+    # its eager attention function has no key/value head repeat: multi-head attention only, as its checkpoints
+    "unlimited_ocr": {"num_key_value_heads": _TEXT["num_attention_heads"]},
+}
 _TEXT_NAMES = ("text_config", "llm_config", "language_config", "text_model_config")
 
 
@@ -174,6 +179,8 @@ def _build(model_type: str, text_layer_types: list[str] | None = None) -> Any:
         cfg.hidden_size = _TEXT["hidden_size"]  # a top-level copy of the LLM width (e.g. a visual embedding table)
     for sub in [cfg, *(sub for name, sub in subs.items() if name not in _TEXT_NAMES)]:
         _shrink_projector(sub, width, vision_width)
+    for key, value in _TEXT_EXTRAS.get(model_type, {}).items():
+        setattr(cfg.get_text_config(), key, value)
     if text_layer_types is not None:
         cfg.get_text_config().layer_types = list(text_layer_types)
     _fix_config(cfg, _modeling_source(cls, cfg.get_text_config()))
