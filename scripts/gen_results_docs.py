@@ -75,9 +75,12 @@ def by_type(row: dict[str, Any]) -> str:
 def provenance(data: dict[str, Any], command_file: Path = COMMAND) -> str:
     """Where the numbers come from."""
     command = command_file.read_text().strip() if command_file.exists() else "tokred compare"
-    info = data["info"]
+    info, settings = data["info"], data.get("settings", {})
+    dataset = settings.get("dataset") or "shapes"
+    frames = f", {settings['frames']}-frame clips" if settings.get("frames") else ""
     return (
-        f"Measured with `{command}` on {info['model']}, {info['samples']} questions of the `shapes` test split "
+        f"Measured with `{command}` on {info['model']}, {info['samples']} questions of the `{dataset}` test split"
+        f"{frames} "
         "(CPU, 2 cores; latencies are medians of interleaved runs on one sample and only comparable within the table)."
         "\n"
     )
