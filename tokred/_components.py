@@ -483,7 +483,7 @@ class BaseRouter(BaseComponent):
     At every layer ``layers`` names (never layer 0, which anchors the cache's positions and mask sizes), the routed
     tokens run the layer and the others skip it: their hidden state passes through unchanged and they are absent
     from that layer's keys, values and KV cache; they come back at the next layer. ``capacity`` says how many of a
-    row's routable tokens a layer processes. See the [token-routing note](../concepts/token-routing.md).
+    row's routable tokens a layer processes. See the [token-routing note](../../concepts/token-routing.md).
     """
 
     kind: ClassVar[Kind] = "router"
