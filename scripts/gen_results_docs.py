@@ -47,7 +47,14 @@ STRATEGIES = (
 #: Further committed runs (``docs/results/<name>.json`` with its command in ``<name>.COMMAND``): each is rendered
 #: whole into ``docs/_results/<name>.md``, and a strategy missing from the main run takes its rows from the first of
 #: them that has it.
-EXTRA_RUNS: tuple[str, ...] = ("tower-flops25", "seed-flops50", "seed-prefixkv", "breadth-flops25", "gamma-mod-flops60", "video-flops25")
+EXTRA_RUNS: tuple[str, ...] = (
+    "tower-flops25",
+    "seed-flops50",
+    "seed-prefixkv",
+    "breadth-flops25",
+    "gamma-mod-flops60",
+    "video-flops25",
+)
 
 HEADER = (
     "| strategy | accuracy % [95 % CI] | agreement | McNemar p | rel. prefill FLOPs | prefill ms | decode ms/token "
