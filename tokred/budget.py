@@ -207,8 +207,12 @@ def relative_flops_measure(
     vision_layers: int | None = None,
     feature_layer: int = -1,
     convention: str = "llm-viewer",
+    video: bool = False,
 ) -> Callable[[Strategy], float]:
-    """A ``measure`` for :func:`search_knob`: predicted prefill FLOPs relative to the unreduced model."""
+    """A ``measure`` for :func:`search_knob`: predicted prefill FLOPs relative to the unreduced model.
+
+    ``video``: the images are the frames of one clip, so video variants apply (as in `predict_tokens_per_layer`).
+    """
     from tokred.flops import TextDims, prefill_flops
 
     layers = TextDims.from_config(text_config).num_hidden_layers
@@ -224,6 +228,7 @@ def relative_flops_measure(
             grid=grid,
             vision_layers=vision_layers,
             feature_layer=feature_layer,
+            video=video,
         )
         return prefill_flops(text_config, tokens, convention) / base  # type: ignore[arg-type]
 

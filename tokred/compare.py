@@ -480,6 +480,7 @@ def _visual_shape(runner: Runner, visual: int, video: bool = False) -> dict[str,
         "grid": grid,
         "vision_layers": int(depth) if depth is not None else None,
         "feature_layer": feature_layer if isinstance(feature_layer, int) else max(feature_layer),
+        "video": video,
     }
 
 
@@ -1030,7 +1031,7 @@ def _run(
     text, visual = prompt_counts(runner, runner.encode(samples[:1]))
     points = variants
     if settings.match is not None:
-        points = match_budgets(variants, settings, (text[0], visual[0]), runner, video=samples[0].frames is not None)
+        points = match_budgets(variants, settings, (text[0], visual[0]), runner, video=is_clip(samples))
     for point in distinct_configs(points):  # what only the model can refuse (depth, family) fails before any sample
         with patched(runner.model, point.strategy, is_clip(samples)):
             pass
@@ -1084,7 +1085,7 @@ def kept_patch_picture(runner: Runner, points: list[Variant], samples: Sequence[
     images form a token grid; ``None`` otherwise)."""
     from tokred.plots import kept_patch_figure
 
-    grid = runner.frame_grid if samples and samples[0].frames is not None else runner.image_grid
+    grid = runner.frame_grid if is_clip(samples) else runner.image_grid
     if grid is None or not samples:
         return None
     inputs = runner.encode(samples)

@@ -104,11 +104,32 @@ def test_budget_prediction_counts_frames_and_tower_depth():
     from tokred.compare import _visual_shape
 
     shape = _visual_shape(_FakeRunner((4, 4), vision_layers=6), 8 * 16)  # a sample of 8 frames of 16 tokens
-    assert shape == {"visual_tokens": 16, "images": 8, "grid": (4, 4), "vision_layers": 6, "feature_layer": -2}
+    expected = {"visual_tokens": 16, "images": 8, "grid": (4, 4), "vision_layers": 6, "feature_layer": -2}
+    assert shape == {**expected, "video": False}
     assert _visual_shape(_FakeRunner((4, 4)), 16)["images"] == 1
     assert _visual_shape(_FakeRunner(None), 30)["visual_tokens"] == 30  # no grid: one image of every token
     video = _visual_shape(_FakeRunner((4, 4)), 8 * 4, video=True)  # a clip's frames use the runner's frame grid
-    assert (video["images"], video["visual_tokens"], video["grid"]) == (8, 4, (2, 2))
+    assert (video["images"], video["visual_tokens"], video["grid"], video["video"]) == (8, 4, (2, 2), True)
+
+
+def test_flops_matching_on_a_clip_follows_the_video_variant():
+    """`--match flops` on clips predicts AIM's video variant (merge per frame to 25 %), the variant that runs."""
+    from transformers import LlamaConfig
+
+    from tokred.budget import predict_tokens_per_layer, relative_flops_measure
+
+    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=8, num_attention_heads=4)
+    aim = tokred.create_strategy("aim")
+    shape = {"text_tokens": 20, "visual_tokens": 64, "images": 8, "grid": (8, 8)}
+    as_clip = relative_flops_measure(cfg, video=True, **shape)(aim)
+    as_images = relative_flops_measure(cfg, **shape)(aim)
+    assert as_clip != as_images
+    tokens = predict_tokens_per_layer(aim, num_layers=8, video=True, **shape)
+    assert len(tokens) == 8 and tokens[-1] < tokens[0]  # merged per frame, then pruned inside the LLM
+    from tokred.flops import prefill_flops
+
+    base = prefill_flops(cfg, [20 + 8 * 64] * 8, "llm-viewer")
+    assert abs(as_clip - prefill_flops(cfg, tokens, "llm-viewer") / base) < 1e-12
 
 
 def test_a_temporal_merger_is_predicted_over_the_whole_clip():
