@@ -12,14 +12,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from tokred.adapters.base import ModelAdapter
-from tokred.adapters.families import AnyresAdapter, Gemma3Adapter, QwenVLAdapter
+from tokred.adapters.families import AnyresAdapter, Gemma3Adapter, PaliGemmaAdapter, QwenVLAdapter
 from tokred.hookspecs import hookimpl
 
-__all__ = ["AnyresAdapter", "Gemma3Adapter", "ModelAdapter", "QwenVLAdapter"]
+__all__ = ["AnyresAdapter", "Gemma3Adapter", "ModelAdapter", "PaliGemmaAdapter", "QwenVLAdapter"]
 
 #: Families the built-in adapters are tested on (named in the error for an unsupported model).
 SUPPORTED_FAMILIES = (
-    "LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Idefics3, SmolVLM, InternVL, Gemma3 "
+    "LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Idefics3, SmolVLM, InternVL, Gemma3, "
+    "PaliGemma "
     "(and any model following the generic contract: get_image_features + image_token_id placeholders + "
     "get_decoder().layers + rotary embedding)"
 )
@@ -42,5 +43,5 @@ def tokred_model_adapter(model: Any, adapters: Sequence[type[Any]]) -> type[Any]
 @hookimpl
 def tokred_register_adapters(register: Callable[[type[Any]], None]) -> None:
     """Family adapters first, the generic one last (``tokred_model_adapter`` takes the first match)."""
-    for adapter in (QwenVLAdapter, Gemma3Adapter, AnyresAdapter, ModelAdapter):
+    for adapter in (QwenVLAdapter, Gemma3Adapter, PaliGemmaAdapter, AnyresAdapter, ModelAdapter):
         register(adapter)

@@ -429,6 +429,12 @@ class ModelAdapter:
         """Per-token forward inputs that must be shortened with ``input_ids`` by a pre-LLM reduction."""
         return hf.TOKEN_TYPE_INPUTS
 
+    def generated_token_types(self) -> dict[str, int]:
+        """The value of every per-token side input (`side_token_inputs`) at a generated token, as the model's
+        ``generate()`` appends it: 0 (text) unless the family says otherwise (PaliGemma: 1, its causal suffix). A
+        no-cache recomputation of prompt + generated tokens must use the same values."""
+        return {key: 0 for key in self.side_token_inputs()}
+
     def prellm_position_ids(
         self,
         kwargs: dict[str, Any],

@@ -151,3 +151,26 @@ class Gemma3Adapter(ModelAdapter):
 
     def feature_grids(self, enc_kwargs: dict[str, Any], counts: Sequence[int]) -> list[tuple[int, int] | None]:
         return super().feature_grids(enc_kwargs, counts)  # mm_tokens_per_image is a square
+
+
+class PaliGemmaAdapter(ModelAdapter):
+    """PaliGemma and PaliGemma 2: a prefix-LM, whose whole prompt prefix (``token_type_ids == 0``: the image tokens
+    and the prompt text) attends bidirectionally, and whose generated suffix (``token_type_ids == 1``) is causal.
+
+    The model builds the prefix block itself from ``token_type_ids`` in every prefill, as a materialised 4-D mask:
+    the in-LLM stage gathers it (rows and columns) with the kept indices, so the kept prefix still sees itself both
+    ways, and a pre-LLM reduction shortens ``token_type_ids`` with ``input_ids`` (the survivors stay in the prefix).
+    """
+
+    name: ClassVar[str] = "paligemma"
+    families: ClassVar[str] = "PaliGemma, PaliGemma 2"
+    model_types: ClassVar[tuple[str, ...]] = ("paligemma",)
+    handles_bidirectional: ClassVar[bool] = True
+
+    @classmethod
+    def matches(cls, model: Any) -> bool:
+        return _model_type(model) in cls.model_types and super().matches(model)
+
+    def generated_token_types(self) -> dict[str, int]:
+        """Generated tokens are the causal suffix (what PaliGemma's ``generate()`` appends to ``token_type_ids``)."""
+        return {**super().generated_token_types(), "token_type_ids": 1}

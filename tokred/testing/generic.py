@@ -492,6 +492,18 @@ def _first_that_runs(model: Any, recipes: list[tuple[str, Pixels]]) -> tuple[str
     raise first
 
 
+#: Families whose ``token_type_ids`` mark a prefix-LM's prompt (0: the bidirectional prefix, images and text; 1: a
+#: causal suffix), not the image tokens (Gemma3's 1): their processors give a prompt all zeros.
+_PREFIX_LM_TOKEN_TYPES = ("paligemma",)
+
+
+def _token_types(model: Any, ids: torch.Tensor, image_id: int) -> torch.Tensor:
+    """``token_type_ids`` (B, N) as the family's processor gives them for a prompt of ``ids`` (B, N)."""
+    if str(getattr(model.config, "model_type", "")) in _PREFIX_LM_TOKEN_TYPES:
+        return torch.zeros_like(ids)
+    return (ids == image_id).long()
+
+
 def _make_inputs(model: Any, pixels: Callable[[int, torch.Generator], dict[str, torch.Tensor]]) -> Any:
     image_id = model.config.image_token_id if getattr(model.config, "image_token_id", None) is not None else None
     if image_id is None:
@@ -519,7 +531,7 @@ def _make_inputs(model: Any, pixels: Callable[[int, torch.Generator], dict[str, 
             ids[i, width - len(r) :], mask[i, width - len(r) :] = torch.tensor(r), 1
         out = {"input_ids": ids, "attention_mask": mask, **kw}
         if "token_type_ids" in forward:
-            out["token_type_ids"] = (ids == image_id).long()
+            out["token_type_ids"] = _token_types(model, ids, image_id)
         if "mm_token_type_ids" in forward:
             out["mm_token_type_ids"] = (ids == image_id).int()
         return out

@@ -30,7 +30,7 @@ import torch
 
 from tokred.adapters import hf
 
-__all__ = ["capture_decoder_inputs", "reference_last_logits"]
+__all__ = ["capture_decoder_inputs", "extend_prompt", "reference_last_logits"]
 
 
 def capture_decoder_inputs(model: Any, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[Any], Any]:
@@ -68,6 +68,30 @@ def capture_decoder_inputs(model: Any, inputs: dict[str, torch.Tensor]) -> tuple
         for h in handles:
             h.remove()
     return seen["embeds"], layers, seen.get("injection")
+
+
+def extend_prompt(model: Any, inputs: dict[str, torch.Tensor], generated: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The forward kwargs of prompt + ``generated`` (B, G) tokens, for a no-cache recomputation of ``generate()``.
+
+    The ids are appended, the attention mask extended with ones, and every per-token side input of the prompt's shape
+    (``token_type_ids``, ``mm_token_type_ids``) with the value ``generate()`` gives a generated token (the adapter's
+    ``generated_token_types``: 0 for text, 1 for PaliGemma's causal suffix, which keeps the prompt's bidirectional
+    prefix from reaching the generated tokens).
+    """
+    from tokred.pipeline import select_adapter
+
+    full = dict(inputs)
+    ids = inputs[hf.INPUT_IDS]
+    g = generated.shape[1]
+    full[hf.INPUT_IDS] = torch.cat([ids, generated.to(ids)], 1)
+    mask = inputs.get(hf.ATTENTION_MASK)
+    if mask is not None:
+        full[hf.ATTENTION_MASK] = torch.nn.functional.pad(mask, (0, g), value=1)
+    for key, fill in select_adapter(model).generated_token_types().items():
+        value = inputs.get(key)
+        if torch.is_tensor(value) and value.shape == ids.shape:
+            full[key] = torch.nn.functional.pad(value, (0, g), value=fill)
+    return full
 
 
 def _gather(t: torch.Tensor, idx: torch.Tensor, dim: int) -> torch.Tensor:

@@ -90,7 +90,7 @@ def _check_none(model: Any, inputs: dict[str, torch.Tensor]) -> None:
 
 def _check_fastv(model: Any, inputs: dict[str, torch.Tensor]) -> None:
     import tokred
-    from tokred.testing.reference import reference_last_logits
+    from tokred.testing.reference import extend_prompt, reference_last_logits
 
     n = inputs["input_ids"].shape[1]
     with tokred.patch(model, "fastv", layer=2, keep_ratio=0.5) as handle:
@@ -104,7 +104,7 @@ def _check_fastv(model: Any, inputs: dict[str, torch.Tensor]) -> None:
         if bool((~visual & ~kept).any()):
             raise AssertionError("fastv dropped a text position")
     for step, logits in enumerate(out.logits):
-        full = _extend(inputs, out.sequences[:, n : n + step], step)
+        full = extend_prompt(model, inputs, out.sequences[:, n : n + step])
         ref = reference_last_logits(model, full, stats.kept_indices, n)
         err = float((logits.float() - ref).abs().max())
         if err > 1e-4:
@@ -113,21 +113,11 @@ def _check_fastv(model: Any, inputs: dict[str, torch.Tensor]) -> None:
             )
 
 
-def _extend(inputs: dict[str, torch.Tensor], gen: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
-    """``inputs`` with ``gen`` (B, step) appended to the ids and the per-token side inputs."""
-    full = dict(inputs)
-    full["input_ids"] = torch.cat([inputs["input_ids"], gen], 1)
-    for key in ("attention_mask", "token_type_ids", "mm_token_type_ids"):
-        if key in full:
-            fill = 1 if key == "attention_mask" else 0
-            full[key] = torch.nn.functional.pad(full[key], (0, step), value=fill)
-    return full
-
-
 def _check_prellm(model: Any, inputs: dict[str, torch.Tensor]) -> str:
     """Pooling, or ``random layer=0`` when pooling finds no grid; returns the strategy used."""
     import tokred
     from tokred.errors import TokredError
+    from tokred.testing.reference import extend_prompt
 
     n = inputs["input_ids"].shape[1]
     tries: list[tuple[str, dict[str, Any]]] = [("pooling", {}), ("random", dict(layer=0, keep_ratio=0.5, seed=1))]
@@ -136,7 +126,7 @@ def _check_prellm(model: Any, inputs: dict[str, torch.Tensor]) -> str:
             with tokred.patch(model, name, **opts):
                 out = _generate(model, inputs)
                 for step, logits in enumerate(out.logits):
-                    full = _extend(inputs, out.sequences[:, n : n + step], step)
+                    full = extend_prompt(model, inputs, out.sequences[:, n : n + step])
                     with torch.no_grad():
                         ref = model(**full, use_cache=False).logits[:, -1]
                     err = float((logits.float() - ref.float()).abs().max())
