@@ -178,8 +178,26 @@ BUILTIN_MODELS = {"reference": "reference (DINOv2-S + SmolLM2-135M)", "tiny": "t
 
 
 def model_label(model: str | None) -> str:
-    """The name a run's model goes by in the sample log and the table, known without loading it."""
-    return BUILTIN_MODELS.get(model or "reference", model or "reference")
+    """The name a run's model goes by in the sample log and the table, known without loading it.
+
+    The reference model's name carries the short sha256 of its trained weights, so a result says which weights made
+    it and a sample log written with other weights is not resumed.
+    """
+    label = BUILTIN_MODELS.get(model or "reference", model or "reference")
+    if model in (None, "reference"):
+        tag = reference_weights_tag()
+        label = f"{label[:-1]}; weights {tag})" if tag else label
+    return label
+
+
+def reference_weights_tag() -> str | None:
+    """First 12 hex digits of the committed reference weights' sha256 (from their record), or None if absent."""
+    record = Path(__file__).parent / "eval" / "weights" / "reference.json"
+    try:
+        sha = json.loads(record.read_text()).get("weights_sha256")
+    except (OSError, ValueError):
+        return None
+    return str(sha)[:12] if sha else None
 
 
 def check_model(model: str | None) -> None:

@@ -148,3 +148,16 @@ def test_knob_search_stays_inside_open_bounds():
     lo, hi, is_int = _knob_bounds(tokred.create_strategy("evs"), "rate")  # 0 <= rate < 1
     assert not is_int and lo == 0.0 and hi < 1.0
     tokred.create_strategy("evs", rate=hi)  # the upper end of the search is a valid option
+
+
+def test_reference_model_label_names_its_weights():
+    """A result and its sample log say which trained weights produced them (their recorded sha256)."""
+    import hashlib
+    from pathlib import Path
+
+    from tokred.compare import model_label
+
+    weights = Path(tokred.__file__).parent / "eval" / "weights" / "reference.safetensors"
+    sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert model_label(None) == model_label("reference") == f"reference (DINOv2-S + SmolLM2-135M; weights {sha[:12]})"
+    assert model_label("tiny") == "tiny-llava"
