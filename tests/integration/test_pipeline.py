@@ -10,6 +10,7 @@ import tokred
 from tokred.adapters import hf
 from tokred.pipeline import patch
 from tokred.testing.models import tiny_model
+from tokred.testing.reference import extend_prompt
 
 pytestmark = pytest.mark.integration
 
@@ -64,12 +65,7 @@ def test_in_llm_generate_matches_no_cache_reference(tiny, strategy, options):
         assert stats.tokens_per_layer[layer] == keep.shape[1]
     seqs = out.sequences
     for step, logits in enumerate(out.logits):
-        full = dict(inputs)
-        full["input_ids"] = seqs[:, : n + step]
-        full["attention_mask"] = torch.ones_like(full["input_ids"])
-        for key in ("token_type_ids", "mm_token_type_ids"):
-            if key in full:
-                full[key] = torch.nn.functional.pad(full[key], (0, step))
+        full = extend_prompt(model, inputs, seqs[:, n : n + step])  # PaliGemma: generated tokens are its suffix
         ref = reference_last_logits(model, full, keeps, n)
         assert (logits - ref).abs().max().item() <= 1e-5, f"step {step}"
 

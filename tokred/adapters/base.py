@@ -32,6 +32,13 @@ KV_LAYER_TYPES: dict[str, str | None] = {
     "sliding_attention": "sliding_window",
     "reference_sliding_attention": "sliding_window",
 }
+#: Why in-LLM pruning is refused on a layer kind whose cache is more than per-token keys and values.
+_LAYER_KIND_REASONS = {
+    "indexed_attention": (
+        "its DeepSeek-sparse-attention lightning indexer keeps a key cache of its own and picks each query's top-k "
+        "keys from it, which tokred does not reduce with the kept tokens"
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -93,6 +100,9 @@ class ModelAdapter:
     model_types: ClassVar[tuple[str, ...]] = ("llava", "internvl", "idefics3", "smolvlm")
     #: True when the family adapter handles bidirectional attention inside image spans (materialised masks).
     handles_bidirectional: ClassVar[bool] = False
+    #: True when the prompt's text tokens attend bidirectionally too (a prefix-LM: PaliGemma), so the causal
+    #: attention rows scorers compute (`tokred.ops.attention.attention_rows`) are exact for the last prompt token only.
+    bidirectional_prompt: ClassVar[bool] = False
     #: True when some placeholder rows are structural (``text_like_rows``), so features must be inspected.
     has_text_like_rows: ClassVar[bool] = False
 
@@ -211,12 +221,14 @@ class ModelAdapter:
         attn = self.attention_layers()
         other = [(i, t) for i, t in odd if t not in hf.STATE_LAYER_TYPES]
         if other:
-            other_kinds = ", ".join(sorted({t for _, t in other}))
+            kinds_found = sorted({t for _, t in other})
+            other_kinds = ", ".join(kinds_found)
+            why = "; ".join(f"{k}: {_LAYER_KIND_REASONS[k]}" for k in kinds_found if k in _LAYER_KIND_REASONS)
             return [
                 f"the decoder has {other_kinds} layers (at {[i for i, _ in other]}) whose cache is not the "
                 "plain per-token KV cache in-LLM pruning shortens, so decode after a pruned prefill would not stay "
-                f"consistent; plain attention layers: {attn}. Use a pre-LLM strategy (aim-merge, pooling, random "
-                "layer=0) for this model"
+                f"consistent{f' ({why})' if why else ''}; plain attention layers: {attn}. Use a pre-LLM strategy "
+                "(aim-merge, pooling, random layer=0) for this model"
             ]
         kinds = ", ".join(sorted({t for _, t in odd}))
         reasons: list[str] = []

@@ -166,6 +166,7 @@ class PaliGemmaAdapter(ModelAdapter):
     families: ClassVar[str] = "PaliGemma, PaliGemma 2"
     model_types: ClassVar[tuple[str, ...]] = ("paligemma",)
     handles_bidirectional: ClassVar[bool] = True
+    bidirectional_prompt: ClassVar[bool] = True
 
     @classmethod
     def matches(cls, model: Any) -> bool:
