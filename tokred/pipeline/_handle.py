@@ -320,7 +320,7 @@ class PatchHandle:
         visual = self.adapter.visual_mask(ids)  # (B, N)
         call = hf.CallArgs((), kwargs)
         out = call.image_outputs()
-        if out is not None:
+        if out is not None and hf.pooled(out) is not None:  # None: every feature is injected inside the LLM
             from tokred.pipeline._prellm import flatten_features
 
             feats, _ = flatten_features(hf.pooled(out))

@@ -40,16 +40,37 @@ _VISION = dict(
     num_hidden_layers=2, depth=2, hidden_size=32, intermediate_size=64, num_attention_heads=2, num_heads=2,
     out_hidden_size=64, embed_dim=32, projection_dim=64, num_key_value_heads=2,
 )  # fmt: skip
-#: Per-family config additions the default config lacks but the modeling code reads.
+#: Per-family config additions the default config lacks but the modeling code reads (a dict value for a sub-config
+#: sets those fields of it).
 _CONFIG_EXTRAS: dict[str, dict[str, Any]] = {
     # the thinker's get_rope_index reads the full Omni config's vision_start_token_id (its default there)
     "qwen2_5_omni_thinker": {"vision_start_token_id": 151652},
     "qwen3_omni_moe_thinker": {"vision_start_token_id": 151652},
+    # the default config names no DeepStack layer map nor Q-Former window rate; an 8 x 8 patch grid (CLIP's 224 px
+    # in 28 px patches) in 4 x 4 windows of 2 x 2 queries, anyres tiles of that size, injections within 4 layers
+    "granite4_vision": {
+        "vision_config": {"patch_size": 28},
+        "downsample_rate": "2/4",
+        "deepstack_layer_map": [(1, 0), (2, 1)],
+        "spatial_target_layers": [0, 1, 2, 3],
+        "image_grid_pinpoints": [[224, 448], [448, 224], [448, 448]],
+    },
 }
 #: Per-family LLM config values after shrinking, where the family's code supports less than the tiny defaults.
 _TEXT_EXTRAS: dict[str, dict[str, Any]] = {
     # its eager attention function has no key/value head repeat: multi-head attention only, as its checkpoints
     "unlimited_ocr": {"num_key_value_heads": _TEXT["num_attention_heads"]},
+    # its default config has indexed (QSA) attention layers but leaves the indexer unset: one key head (its only
+    # supported count), budget 8 tokens in blocks of 4, so a tiny prompt is attended sparsely as in the real model
+    "qwen4_exp": dict(
+        indexer_n_heads=2, indexer_kv_heads=1, indexer_head_dim=16, indexer_budget=8, indexer_compress_ratio=4
+    ),
+    # RoPE parameters per layer type (None: a NoPE layer), which its default config leaves empty; M-RoPE sections
+    # come from the modeling code's default, rescaled
+    "cohere_compass": {"rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 10000.0}}},
+    # its default config has no M-RoPE sections but get_rope_index needs >= 3 axes (the last three: width, height,
+    # image index; earlier ones keep 1-D positions): four, as its checkpoints' xdrope_section
+    "hunyuan_vl": {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 2, 2, 2]}},
 }
 _TEXT_NAMES = ("text_config", "llm_config", "language_config", "text_model_config")
 
@@ -161,7 +182,11 @@ def _build(model_type: str, text_layer_types: list[str] | None = None) -> Any:
         raise NotBuildable(f"transformers exports no {image_text_families()[model_type]}")
     cfg = AutoConfig.for_model(model_type)
     for key, value in _CONFIG_EXTRAS.get(model_type, {}).items():
-        setattr(cfg, key, value)
+        if isinstance(value, dict) and isinstance(getattr(cfg, key, None), tf.PretrainedConfig):
+            for sub_key, sub_value in value.items():
+                setattr(getattr(cfg, key), sub_key, sub_value)
+        else:
+            setattr(cfg, key, value)
     vision_cls = (getattr(cfg, "sub_configs", None) or {}).get("vision_config")
     if getattr(cfg, "vision_config", "") is None and vision_cls not in (None, tf.AutoConfig):
         cfg.vision_config = vision_cls()  # a default config without a vision tower (Gemma 4): give it one
@@ -232,6 +257,18 @@ def _fix_config(cfg: Any, source: str) -> None:
         tc.vocab_size = max(ids) + 1  # special ids beyond the text vocabulary (they index the embedding)
         if isinstance(getattr(cfg, "vocab_size", None), int):
             cfg.vocab_size = tc.vocab_size
+    _fix_expert_groups(tc)
+
+
+def _fix_expert_groups(tc: Any) -> None:
+    """Group-limited MoE routing (DeepSeek-V3's ``n_group`` / ``topk_group``) over the few tiny experts: groups of
+    two (the router sums each group's top-2 scores), at most as many picked groups as there are."""
+    experts, groups = _raw(tc, "n_routed_experts"), _raw(tc, "n_group")
+    if not (isinstance(experts, int) and isinstance(groups, int) and groups > 1 and experts // groups < 2):
+        return
+    tc.n_group = max(1, experts // 2)
+    if isinstance(_raw(tc, "topk_group"), int):
+        tc.topk_group = min(tc.topk_group, tc.n_group)
 
 
 def _fix_vision(cfg: Any, vc: Any) -> None:
@@ -267,18 +304,26 @@ def _fix_mrope(tc: Any, source: str) -> None:
     """Rescale M-RoPE ``mrope_section`` to the tiny rotary width (its sum is half the rotated head dims)."""
     default = re.search(r'get\("mrope_section", \[(\d+), (\d+), (\d+)\]\)', source)
     for name in ("rope_parameters", "rope_scaling"):
-        rope = _raw(tc, name)
-        if isinstance(rope, dict) and default is not None and "mrope_section" not in rope:
-            rope["mrope_section"] = [int(x) for x in default.groups()]  # the modeling code's default
-        if not isinstance(rope, dict) or not isinstance(rope.get("mrope_section"), (list, tuple)):
-            continue
-        heads = _raw(tc, "num_attention_heads")
-        head_dim = _raw(tc, "head_dim") or tc.hidden_size // heads
-        factor = rope.get("partial_rotary_factor", _raw(tc, "partial_rotary_factor") or 1.0)
-        target, sec = int(head_dim * factor) // 2, list(rope["mrope_section"])
-        new = [max(1, s * target // sum(sec)) for s in sec]
-        new[-1] += target - sum(new)  # the last (temporal) axis takes the rest: equal h / w axes stay equal
-        rope["mrope_section"] = new
+        ropes = [_raw(tc, name)]
+        if isinstance(ropes[0], dict) and set(ropes[0]) & set(_raw(tc, "layer_types") or ()):
+            ropes = list(ropes[0].values())  # per layer type (Cohere Compass), None for a NoPE kind
+        for rope in ropes:
+            _fix_mrope_section(tc, rope, default)
+
+
+def _fix_mrope_section(tc: Any, rope: Any, default: re.Match[str] | None) -> None:
+    """Rescale one RoPE parameter dict's ``mrope_section`` (``default``: the modeling code's, where it has none)."""
+    if isinstance(rope, dict) and default is not None and "mrope_section" not in rope:
+        rope["mrope_section"] = [int(x) for x in default.groups()]  # the modeling code's default
+    if not isinstance(rope, dict) or not isinstance(rope.get("mrope_section"), (list, tuple)):
+        return
+    heads = _raw(tc, "num_attention_heads")
+    head_dim = _raw(tc, "head_dim") or tc.hidden_size // heads
+    factor = rope.get("partial_rotary_factor", _raw(tc, "partial_rotary_factor") or 1.0)
+    target, sec = int(head_dim * factor) // 2, list(rope["mrope_section"])
+    new = [max(1, s * target // sum(sec)) for s in sec]
+    new[-1] += target - sum(new)  # the last (temporal) axis takes the rest: equal h / w axes stay equal
+    rope["mrope_section"] = new
 
 
 def _vision(model: Any) -> Any:
@@ -427,7 +472,11 @@ def _counts(model: Any, pixels: dict[str, torch.Tensor]) -> list[int]:
     base = model.model if hasattr(getattr(model, "model", None), "get_image_features") else model
     enc = hf.encoder_kwargs(base, pixels)
     with torch.no_grad():
-        feats, _ = flatten_features(hf.pooled(hf.image_features(base, enc)))
+        out = hf.image_features(base, enc)
+    pooled, injected = hf.pooled(out), hf.injected_features(out)
+    if pooled is None and injected:  # every feature injected inside the LLM (Granite 4 Vision): count the first's
+        pooled = injected[0][-1] if isinstance(injected[0][0], int) else injected[0]  # (layer, per-image) pairs
+    feats, _ = flatten_features(pooled)
     return [int(f.shape[0]) for f in feats]
 
 
