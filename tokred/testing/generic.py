@@ -55,6 +55,9 @@ _CONFIG_EXTRAS: dict[str, dict[str, Any]] = {
         "spatial_target_layers": [0, 1, 2, 3],
         "image_grid_pinpoints": [[224, 448], [448, 224], [448, 448]],
     },
+    # its projector maps a tower patch count to a query count; the default knows the checkpoints' 35 x 35 and 70 x 70
+    # grids only: the tiny tower's 7 x 7 to 4 x 4 queries
+    "aria": {"projector_patch_to_query_dict": {49: 16}, "max_value_projector_patch_to_query_dict": 16},
 }
 #: Per-family LLM config values after shrinking, where the family's code supports less than the tiny defaults.
 _TEXT_EXTRAS: dict[str, dict[str, Any]] = {
