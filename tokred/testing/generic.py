@@ -75,6 +75,19 @@ _TEXT_EXTRAS: dict[str, dict[str, Any]] = {
     # image index; earlier ones keep 1-D positions): four, as its checkpoints' xdrope_section
     "hunyuan_vl": {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 2, 2, 2]}},
 }
+#: Per-family vision config values after shrinking. Llama 4's pixel-shuffle MLP reads the shuffled width
+#: (hidden / ratio^2) as ``intermediate_size`` and its projector widths are separate fields the default config sets
+#: inconsistently (vision_output_dim 7680 vs projector_output_dim 4096; the checkpoints use 4096 for both).
+_VISION_EXTRAS: dict[str, dict[str, Any]] = {
+    "llama4": {"intermediate_size": 4 * _VISION["hidden_size"], "projector_input_dim": 64, "projector_output_dim": 64,
+               "vision_output_dim": 64},
+}  # fmt: skip
+#: Multi-head latent attention (DeepSeek-style MLA, ``qk_rope_head_dim``) and its lightning indexer, tiny: the
+#: defaults' latent ranks and head widths stay at checkpoint size otherwise, mismatching the shrunk heads.
+_MLA = dict(
+    qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16, kv_lora_rank=16, q_lora_rank=32, qk_head_dim=16,
+    index_head_dim=16, index_n_heads=2, index_topk=8,
+)  # fmt: skip
 _TEXT_NAMES = ("text_config", "llm_config", "language_config", "text_model_config")
 
 
@@ -209,6 +222,8 @@ def _build(model_type: str, text_layer_types: list[str] | None = None) -> Any:
         _shrink_projector(sub, width, vision_width)
     for key, value in _TEXT_EXTRAS.get(model_type, {}).items():
         setattr(cfg.get_text_config(), key, value)
+    for key, value in _VISION_EXTRAS.get(model_type, {}).items():
+        setattr(cfg.vision_config, key, value)
     if text_layer_types is not None:
         cfg.get_text_config().layer_types = list(text_layer_types)
     _fix_config(cfg, _modeling_source(cls, cfg.get_text_config()))
@@ -249,6 +264,7 @@ def _fix_config(cfg: Any, source: str) -> None:
     ``source`` is the family's modeling code, where an M-RoPE default section list may live instead of the config.
     """
     vc, tc = getattr(cfg, "vision_config", None), cfg.get_text_config()
+    _fix_mla(tc)
     _fix_mrope(tc, source)
     if getattr(tc, "sliding_window", 0) is None and "create_sliding_window_causal_mask(" in source:
         tc.sliding_window = 512  # the decoder builds a sliding mask, the default config names no window
@@ -301,6 +317,47 @@ def _fit_layers(value: Any, depth: int) -> Any:
     if isinstance(value, int):
         return value if -(depth + 1) <= value <= depth else (-1 if value < 0 else depth)
     return type(value)(v if -(depth + 1) <= v <= depth else v % (depth + 1) for v in value)
+
+
+def _fix_mla(tc: Any) -> None:
+    """Shrink multi-head latent attention consistently (`_MLA`), on every layer (per-layer overrides too).
+
+    The rotary width must stay the RoPE slice ``qk_rope_head_dim``: where the config rotates part of ``head_dim``
+    (``partial_rotary_factor``, Dots 3) ``head_dim`` is the query/key width nope + rope and the factor their ratio,
+    else ``head_dim`` is the RoPE slice itself (DeepSeek-V3 style). Key/value heads equal the query heads (latent
+    keys are expanded per query head). NoPE decoders (``qk_rope_head_dim`` 0) are left alone."""
+    rope_dim = _raw(tc, "qk_rope_head_dim")
+    if not isinstance(rope_dim, int) or isinstance(rope_dim, bool) or rope_dim <= 0:
+        return
+    spec = tc.__dict__.get("_heterogeneity_spec")
+    overrides = dict(spec.per_layer_overrides) if spec is not None else {}
+    if overrides:
+        tc.per_layer_config = None
+    for key, value in _MLA.items():
+        if isinstance(_raw(tc, key), int) and not isinstance(_raw(tc, key), bool):
+            setattr(tc, key, value)
+    tc.num_key_value_heads = _raw(tc, "num_attention_heads")
+    ropes = _rope_dicts(tc)
+    partial = any("partial_rotary_factor" in r for r in ropes) or _raw(tc, "partial_rotary_factor") is not None
+    head = _MLA["qk_nope_head_dim"] + _MLA["qk_rope_head_dim"] if partial else _MLA["qk_rope_head_dim"]
+    tc.head_dim = head
+    for rope in ropes:
+        if "partial_rotary_factor" in rope:
+            rope["partial_rotary_factor"] = _MLA["qk_rope_head_dim"] / head
+    if _raw(tc, "partial_rotary_factor") is not None:
+        tc.partial_rotary_factor = _MLA["qk_rope_head_dim"] / head
+    if overrides:  # the per-layer overrides keep their other fields; MLA widths and heads follow the globals
+        mla = {*_MLA, "head_dim", "num_key_value_heads", "num_attention_heads"}
+        tc.per_layer_config = {i: {k: v for k, v in o.items() if k not in mla} for i, o in overrides.items()}
+
+
+def _rope_dicts(tc: Any) -> list[dict[str, Any]]:
+    """The config's RoPE parameter dicts: one, or one per layer type (nested by type, e.g. Dots 3)."""
+    rope = _raw(tc, "rope_parameters")
+    if not isinstance(rope, dict):
+        return []
+    nested = [v for v in rope.values() if isinstance(v, dict)]
+    return nested or [rope]
 
 
 def _fix_mrope(tc: Any, source: str) -> None:
