@@ -174,7 +174,12 @@ class CompareResult:
 # ----------------------------------------------------------------------------------------------------- setup
 
 
-BUILTIN_MODELS = {"reference": "reference (DINOv2-S + SmolLM2-135M)", "tiny": "tiny-llava"}
+BUILTIN_MODELS = {
+    "reference": "reference (DINOv2-S + SmolLM2-135M)",
+    "reference-video": "reference-video (DINOv2-S + SmolLM2-135M, video-trained weights)",
+    "tiny": "tiny-llava",
+}
+_REFERENCE_WEIGHTS = {None: "reference", "reference": "reference", "reference-video": "reference-video"}
 
 
 def model_label(model: str | None) -> str:
@@ -184,15 +189,15 @@ def model_label(model: str | None) -> str:
     it and a sample log written with other weights is not resumed.
     """
     label = BUILTIN_MODELS.get(model or "reference", model or "reference")
-    if model in (None, "reference"):
-        tag = reference_weights_tag()
+    if model in _REFERENCE_WEIGHTS:
+        tag = reference_weights_tag(_REFERENCE_WEIGHTS[model])
         label = f"{label[:-1]}; weights {tag})" if tag else label
     return label
 
 
-def reference_weights_tag() -> str | None:
-    """First 12 hex digits of the committed reference weights' sha256 (from their record), or None if absent."""
-    record = Path(__file__).parent / "eval" / "weights" / "reference.json"
+def reference_weights_tag(name: str = "reference") -> str | None:
+    """First 12 hex digits of committed reference weights' sha256 (from their record), or None if absent."""
+    record = Path(__file__).parent / "eval" / "weights" / f"{name}.json"
     try:
         sha = json.loads(record.read_text()).get("weights_sha256")
     except (OSError, ValueError):
@@ -203,13 +208,19 @@ def reference_weights_tag() -> str | None:
 def check_model(model: str | None) -> None:
     """Refuse a ``--model`` that cannot load, before anything heavy happens.
 
-    Accepted: ``None``/``"reference"``, ``"tiny"``, a local folder with an image-text-to-text ``config.json``, or a
-    hub id (``org/name``) already in the local Hugging Face cache (or any hub id when the hub is reachable).
+    Accepted: ``None``/``"reference"``, ``"reference-video"`` (where its weights are installed), ``"tiny"``, a local
+    folder with an image-text-to-text ``config.json``, or a hub id (``org/name``) already in the local Hugging Face
+    cache (or any hub id when the hub is reachable).
 
     Raises:
         ConfigError: For a missing path, an empty folder, a text-only model, a hub id that is not cached while
             offline, or a near-miss of a built-in name (``Tiny``).
     """
+    if model == "reference-video" and reference_weights_tag("reference-video") is None:
+        raise ConfigError(
+            "--model reference-video: its weights (tokred/eval/weights/reference-video.safetensors and .json) are not "
+            "in this install; use --model reference"
+        )
     if model is None or model in BUILTIN_MODELS:
         return
     if not model.strip():
@@ -300,10 +311,10 @@ def load_runner(model: str | None) -> Runner:
     check_model(model)
     if model == "tiny":
         return TinyRunner()
-    if model is None or model == "reference":
-        from tokred.eval.reference import VIDEO_FRAME_SIZE, load_reference_model
+    if model is None or model in _REFERENCE_WEIGHTS:
+        from tokred.eval.reference import VIDEO_FRAME_SIZE, load_reference_model, trained_weights_path
 
-        ref_model, processor = load_reference_model()
+        ref_model, processor = load_reference_model(weights=trained_weights_path(_REFERENCE_WEIGHTS[model]))
         return HFRunner(ref_model, processor, name=model_label(model), frame_size=VIDEO_FRAME_SIZE)
     from transformers import AutoModelForImageTextToText, AutoProcessor
 

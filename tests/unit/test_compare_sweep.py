@@ -161,3 +161,16 @@ def test_reference_model_label_names_its_weights():
     sha = hashlib.sha256(weights.read_bytes()).hexdigest()
     assert model_label(None) == model_label("reference") == f"reference (DINOv2-S + SmolLM2-135M; weights {sha[:12]})"
     assert model_label("tiny") == "tiny-llava"
+
+
+def test_reference_video_model_is_refused_when_its_weights_are_absent(monkeypatch):
+    """`--model reference-video` names the missing files and the model that works, before anything loads."""
+    import pytest
+
+    from tokred import compare
+    from tokred.errors import ConfigError
+
+    monkeypatch.setattr(compare, "reference_weights_tag", lambda name="reference": None)
+    with pytest.raises(ConfigError, match=r"reference-video\.safetensors.*use --model reference"):
+        compare.check_model("reference-video")
+    compare.check_model("reference")  # the released model needs no record to be named

@@ -123,7 +123,13 @@ def compare_command(
             "e.g. -s fastv@keep_ratio=0.25 -s fastv@keep_ratio=0.5.",
         ),
     ] = ["aim,fastv"],  # noqa: B006 - typer needs a literal default
-    model: Annotated[str | None, typer.Option(help="Model path or hub id; default: built-in reference model.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Model path or hub id; default: built-in reference model ('reference-video': the same model "
+            "with its video-trained weights)."
+        ),
+    ] = None,
     dataset: Annotated[str, typer.Option(help="'shapes', 'shapes-video' (built-in) or a JSONL file.")] = "shapes",
     split: Annotated[str, typer.Option(help="Split of the built-in benchmark.")] = "test",
     frames: Annotated[

@@ -297,13 +297,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--untrained", action="store_true", help="evaluate the untrained reference model")
+    p.add_argument(
+        "--weights", type=Path, default=None, help="trained weights file (default: the released reference weights)"
+    )
     p.add_argument("--json", type=Path, default=None, help="write results (with predictions) here")
     p.add_argument("--markdown", type=Path, default=None, help="write the table (with the command) here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     from tokred.eval.reference import load_reference_model
 
-    model, processor = load_reference_model(trained=not args.untrained)
+    model, processor = load_reference_model(trained=not args.untrained, weights=args.weights)
     ds = load_dataset(args.dataset, split=args.split, limit=args.limit)
     ratios = [float(x) for x in args.drops.split(",")]
     results = drop_curve(model, processor, ds, ratios, batch_size=args.batch_size)

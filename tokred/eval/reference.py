@@ -515,9 +515,13 @@ def build_base_model(root: Path | None = None, *, force: bool = False) -> Path:
     return out
 
 
-def trained_weights_path() -> Path:
-    """Path of the committed trained weights (``tokred/eval/weights/reference.safetensors``)."""
-    return Path(__file__).with_name("weights") / "reference.safetensors"
+def trained_weights_path(name: str = "reference") -> Path:
+    """Path of committed trained weights: ``tokred/eval/weights/<name>.safetensors`` (record: ``<name>.json``).
+
+    ``"reference"`` is the released model; ``"reference-video"`` the video-trained weights (see the reference
+    model's page for their status).
+    """
+    return Path(__file__).with_name("weights") / f"{name}.safetensors"
 
 
 def apply_trained_weights(model: Any, path: Path | None = None) -> dict[str, Any]:
@@ -542,7 +546,7 @@ def apply_trained_weights(model: Any, path: Path | None = None) -> dict[str, Any
     path = trained_weights_path() if path is None else path
     if not path.is_file():
         raise ReferenceModelError(f"trained weights not found: {path} (train them with tokred.eval.train_reference)")
-    record = path.with_name("reference.json")
+    record = path.with_suffix(".json")  # reference.safetensors -> reference.json
     if record.is_file():
         expected = json.loads(record.read_text()).get("weights_sha256")
         if expected and _sha256(path) != expected:
@@ -573,7 +577,11 @@ def apply_trained_weights(model: Any, path: Path | None = None) -> dict[str, Any
 
 
 def load_reference_model(
-    *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, trained: bool = True
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    trained: bool = True,
+    weights: Path | None = None,
 ) -> tuple[Any, Any]:
     """Build (first call) or load (later calls) the reference model and its processor.
 
@@ -582,6 +590,7 @@ def load_reference_model(
         dtype: Parameter dtype (fp32 recommended on CPU: bf16 matmuls are ~100x slower without AVX-512/AMX).
         trained: Apply the committed trained projector + LoRA weights; ``False`` gives the untrained model
             (random projector).
+        weights: The trained weights file (default: the released ones, `trained_weights_path`).
 
     Returns:
         ``(model, processor)``: a ``LlavaForConditionalGeneration`` in eval mode with SDPA attention, and a
@@ -598,7 +607,7 @@ def load_reference_model(
     cls: Any = LlavaForConditionalGeneration
     model = cls.from_pretrained(base, dtype=torch.float32, attn_implementation="sdpa")
     if trained:
-        apply_trained_weights(model)
+        apply_trained_weights(model, weights)
     model = model.to(device=device, dtype=dtype).eval()
     processor = make_processor(AutoTokenizer.from_pretrained(base))
     return model, processor
