@@ -24,7 +24,7 @@ IMAGE_TODAY = 91.9  # the released image weights on shapes:test (tokred/eval/wei
 
 
 def _rows(run: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    rows = {r["strategy"]: r for r in run["rows"]}
+    rows = {r["name"]: r for r in run["rows"]}
     if "none" not in rows or "random" not in rows:
         sys.exit("the run needs the rows 'none' and 'random' (-s random@keep_ratio=0.25)")
     return rows["none"], rows["random"]

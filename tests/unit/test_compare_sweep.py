@@ -161,6 +161,9 @@ def test_reference_model_label_names_its_weights():
     sha = hashlib.sha256(weights.read_bytes()).hexdigest()
     assert model_label(None) == model_label("reference") == f"reference (DINOv2-S + SmolLM2-135M; weights {sha[:12]})"
     assert model_label("tiny") == "tiny-llava"
+    video = weights.with_name("reference-video.safetensors")  # the video-trained weights, named by their own sha256
+    video_sha = hashlib.sha256(video.read_bytes()).hexdigest()
+    assert model_label("reference-video").endswith(f"video-trained weights; weights {video_sha[:12]})")
 
 
 def test_reference_video_model_is_refused_when_its_weights_are_absent(monkeypatch):
