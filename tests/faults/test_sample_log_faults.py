@@ -314,14 +314,37 @@ def test_a_resumed_run_with_other_settings_names_the_difference(tmp_path, refere
         SampleLog(out, {**header, "max_new_tokens": 8})
 
 
+def _without_ignored_exceptions(err: str) -> list[str]:
+    """stderr lines minus CPython's own "Exception ignored in ..." reports (a SIGINT that lands inside a __del__ is
+    swallowed by the interpreter, not by tokred; the test then interrupts again)."""
+    lines, skipping = [], False
+    for line in err.strip().splitlines():
+        if line.startswith("Exception ignored in"):
+            skipping = True
+        elif skipping and (line.startswith((" ", "Traceback", "KeyboardInterrupt")) or not line.strip()):
+            continue
+        else:
+            skipping = False
+            lines.append(line)
+    return lines
+
+
 def test_ctrl_c_in_another_command_exits_130_with_one_line():
-    args = [sys.executable, "-m", "tokred", "bench", "--repeats", "50", "--layers", "2"]
+    args = [sys.executable, "-m", "tokred", "bench", "--repeats", "50", "--layers", "4"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     assert proc.stderr is not None
     first = proc.stderr.readline()  # "timing stock, ..." once the benchmark starts
     assert first.startswith("timing"), first
     time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    for _ in range(5):  # 50 rounds take minutes: the process only ends because it was interrupted
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, err = proc.communicate(timeout=15)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    else:
+        proc.kill()
+        raise AssertionError("tokred bench did not stop on SIGINT")
     assert proc.returncode == 130, err
-    assert err.strip().splitlines() == ["interrupted; nothing was written"], err
+    assert _without_ignored_exceptions(err) == ["interrupted; nothing was written"], err
