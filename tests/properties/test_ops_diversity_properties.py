@@ -96,7 +96,9 @@ def test_divprune_each_pick_maximises_the_min_distance_to_earlier_picks(case):
         for t in range(1, len(picked)):
             rest = [i for i in free if i not in picked[:t]]
             gap = {i: float(dist[b, i, picked[:t]].min()) for i in rest}
-            assert gap[picked[t]] == max(gap.values())
+            # up to float rounding: cosine distances of equal tokens are 0 +- 1 ulp, and the op may read the
+            # (not bit-symmetric) matrix the other way round
+            assert gap[picked[t]] >= max(gap.values()) - 1e-6
 
 
 @given(case=cases())
