@@ -90,9 +90,17 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     }
 
 
+def _sigint_default() -> None:
+    """The child starts with Ctrl-C's default disposition, as from a terminal: a job launched in the background by a
+    non-interactive shell inherits SIGINT *ignored*, and then Python installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_and_wait(output: Path, lines: int) -> subprocess.Popen[str]:
     """Start a run and return once its log holds ``lines`` lines (header included)."""
-    proc = subprocess.Popen(command(output), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    proc = subprocess.Popen(
+        command(output), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, preexec_fn=_sigint_default
+    )
     deadline = time.monotonic() + 120
     while len(log_lines(output)) < lines:
         if proc.poll() is not None:
@@ -331,7 +339,9 @@ def _without_ignored_exceptions(err: str) -> list[str]:
 
 def test_ctrl_c_in_another_command_exits_130_with_one_line():
     args = [sys.executable, "-m", "tokred", "bench", "--repeats", "50", "--layers", "4"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    proc = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, preexec_fn=_sigint_default
+    )
     assert proc.stderr is not None
     first = proc.stderr.readline()  # "timing stock, ..." once the benchmark starts
     assert first.startswith("timing"), first
